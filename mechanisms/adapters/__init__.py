@@ -1,0 +1,26 @@
+"""One adapter per model family; `load_adapter` is the only place that asks which family a model is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mechanisms.adapters.base import HeadLayout, ModelAdapter
+from mechanisms.adapters.llava import LlavaAdapter, load_llava
+
+LOADERS = {"llava": load_llava}
+
+
+class FamilyNotSupported(LookupError):
+    """The profile's family has no adapter yet."""
+
+
+def load_adapter(family: str, path: Path, dtype: torch.dtype, device: str) -> ModelAdapter:
+    if family not in LOADERS:
+        raise FamilyNotSupported(f"the {family!r} model family has no adapter yet "
+                                 f"(available: {', '.join(sorted(LOADERS))})")
+    return LOADERS[family](path, dtype, device)
+
+
+__all__ = ["FamilyNotSupported", "HeadLayout", "LlavaAdapter", "ModelAdapter", "load_adapter"]

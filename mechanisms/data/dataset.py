@@ -1,0 +1,191 @@
+"""A COCO-format dataset folder, read through pycocotools, as the per-object samples the claims use.
+
+A dataset folder holds `manifest.json` (written by this project: which instances file, which images
+folder, the object-removed counterfactuals) or, for a plain COCO layout, an `instances*.json` next to
+an images folder. Bad entries never crash a run half-way: they are skipped and counted by reason
+(`Dataset.skipped`), and a file that cannot be read at all raises `DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mechanisms.geometry import Box
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be read; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ObjectSample:
+    """One (image, object) pair: the unit every claim measures."""
+
+    image_id: int
+    annotation_id: int
+    category: str
+    box: Box  # original-image pixels
+    area: float  # mask area in pixels
+    width: int
+    height: int
+    image_path: Path
+    counterfactual_path: Path | None = None
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    categories: list[str]
+    samples: list[ObjectSample]
+    fingerprint: str
+    skipped: Counter = field(default_factory=Counter)
+    _coco: object = None
+
+    def image(self, sample: ObjectSample) -> Image.Image:
+        return _open_rgb(sample.image_path)
+
+    def counterfactual(self, sample: ObjectSample) -> Image.Image:
+        if sample.counterfactual_path is None:
+            raise DatasetError(f"{self.name} has no object-removed image for annotation {sample.annotation_id}")
+        return _open_rgb(sample.counterfactual_path)
+
+    def mask(self, sample: ObjectSample) -> np.ndarray:
+        return self._coco.annToMask(self._coco.anns[sample.annotation_id]).astype(bool)
+
+    def with_counterfactuals(self) -> list[ObjectSample]:
+        return [s for s in self.samples if s.counterfactual_path is not None]
+
+    def select(self, max_samples: int | None, seed: int) -> list[ObjectSample]:
+        """A deterministic subset (all samples when max_samples is None or large enough)."""
+        if max_samples is None or max_samples >= len(self.samples):
+            return list(self.samples)
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(self.samples), size=max_samples, replace=False))
+        return [self.samples[i] for i in keep]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "root": str(self.root), "fingerprint": self.fingerprint,
+                "n_samples": len(self.samples), "n_images": len({s.image_id for s in self.samples}),
+                "skipped": dict(sorted(self.skipped.items()))}
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    """Grayscale, palette and RGBA images become RGB (RGBA composited on white)."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode == "RGBA":
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            background.paste(image, mask=image.split()[3])
+            return background
+        return image.convert("RGB")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DatasetError(f"{path}: file not found") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file():
+        manifest = _read_json(manifest_path)
+        instances_path = root / manifest.get("instances", "instances.json")
+        images_dir = root / manifest.get("images_dir", "images")
+        name = manifest.get("name", root.name)
+        counterfactuals = {int(c["annotation_id"]): root / c["file_name"]
+                           for c in manifest.get("counterfactuals", [])}
+    else:
+        candidates = sorted(root.glob("instances*.json")) + sorted(root.glob("annotations/instances*.json"))
+        if not candidates:
+            raise DatasetError(f"{root}: neither a manifest.json nor an instances*.json annotation file")
+        instances_path = candidates[0]
+        images_dir = next((d for d in (root / "images", root / instances_path.stem.split("_")[-1], root)
+                           if d.is_dir()), root)
+        name, counterfactuals = root.name, {}
+    instances = _read_json(instances_path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(instances.get(key), list):
+            raise DatasetError(f"{instances_path}: missing or malformed {key!r} list")
+
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = instances
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as err:
+            raise DatasetError(f"{instances_path}: malformed entry ({err!r})") from err
+
+    categories = {c["id"]: c["name"] for c in instances["categories"]}
+    skipped: Counter = Counter()
+    samples: list[ObjectSample] = []
+    for ann in sorted(instances["annotations"], key=lambda a: a.get("id", 0)):
+        reason = _problem(ann, coco, categories, images_dir)
+        if reason:
+            skipped[reason] += 1
+            continue
+        info = coco.imgs[ann["image_id"]]
+        mask_area = float(coco.annToMask(ann).sum())
+        if mask_area == 0:
+            skipped["empty mask"] += 1
+            continue
+        samples.append(ObjectSample(
+            image_id=ann["image_id"], annotation_id=ann["id"], category=categories[ann["category_id"]],
+            box=Box.from_coco(ann["bbox"]), area=mask_area, width=int(info["width"]), height=int(info["height"]),
+            image_path=images_dir / info["file_name"], counterfactual_path=counterfactuals.get(ann["id"])))
+    missing_cf = [s for s in samples if s.counterfactual_path is not None and not s.counterfactual_path.is_file()]
+    if missing_cf:
+        skipped["missing counterfactual image"] += len(missing_cf)
+        gone = {s.annotation_id for s in missing_cf}
+        samples = [s if s.annotation_id not in gone else _without_counterfactual(s) for s in samples]
+    digest = hashlib.sha256(instances_path.read_bytes())
+    if manifest_path.is_file():
+        digest.update(manifest_path.read_bytes())
+    return Dataset(name=name, root=root, categories=[categories[k] for k in sorted(categories)],
+                   samples=samples, fingerprint=digest.hexdigest()[:16], skipped=skipped, _coco=coco)
+
+
+def _without_counterfactual(sample: ObjectSample) -> ObjectSample:
+    from dataclasses import replace
+    return replace(sample, counterfactual_path=None)
+
+
+def _problem(ann: dict, coco, categories: dict, images_dir: Path) -> str | None:
+    """Why an annotation cannot be used, or None."""
+    if not all(k in ann for k in ("id", "image_id", "category_id", "bbox", "segmentation")):
+        return "annotation missing a required key"
+    if ann["image_id"] not in coco.imgs:
+        return "annotation for an absent image"
+    if ann["category_id"] not in categories:
+        return "unknown category"
+    if ann.get("iscrowd", 0):
+        return "crowd annotation"
+    bbox = ann["bbox"]
+    if len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+        return "degenerate box"
+    if not ann["segmentation"]:
+        return "empty mask"
+    if not (images_dir / coco.imgs[ann["image_id"]]["file_name"]).is_file():
+        return "missing image file"
+    return None

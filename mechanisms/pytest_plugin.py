@@ -1,0 +1,235 @@
+"""The pytest plugin that turns test functions into claims about a model.
+
+- Options live in one group (`--model-path`, `--dataset`, `--max-samples`, `--report-dir`, `--device`,
+  `--seed`); one marker per model profile, so `-m tiny_llava` or `-m llava7b` selects a model.
+- Any test that asks for the `profile` fixture (directly or through `vlm`) is run once per profile.
+- `vlm` and `dataset` are loaded once per worker process and cached; absent weights skip with a reason.
+- The `claim` fixture records measurements; after the run, the controller (never an xdist worker)
+  writes `reports/<profile>/report.json` and `REPORT.md` from the test reports it received.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import pytest
+
+from mechanisms import claims as rec
+from mechanisms.registry import (
+    CheckpointError,
+    CheckpointUnavailable,
+    Profile,
+    fingerprint_checkpoint,
+    load_profiles,
+    resolve_checkpoint,
+)
+
+PROFILES: dict[str, Profile] = load_profiles()
+_MODELS: dict[tuple, object] = {}
+_DATASETS: dict[str, object] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vlm-mechanisms", "claims about how vision-language models localize objects")
+    group.addoption("--model-path", action="append", dest="vlm_model_paths", default=[],
+                    metavar="[PROFILE=]PATH",
+                    help="checkpoint folder for a profile (PROFILE=PATH), or for every selected profile (PATH)")
+    group.addoption("--dataset", dest="vlm_dataset", default=None, metavar="SPEC",
+                    help="dataset folder (COCO-format, see README), or 'synthetic' / 'synthetic:SEED:N'")
+    group.addoption("--max-samples", dest="vlm_max_samples", type=int, default=None, metavar="N",
+                    help="measure at most N objects per claim (a seeded subset)")
+    group.addoption("--report-dir", dest="vlm_report_dir", default="reports", metavar="DIR",
+                    help="where reports/<profile>/report.json and REPORT.md are written")
+    group.addoption("--device", dest="vlm_device", default="cpu", help="torch device for the models")
+    group.addoption("--seed", dest="vlm_seed", type=int, default=0,
+                    help="seed for sample subsets, random controls and bootstrap intervals")
+
+
+def _parse_model_paths(values: list[str]) -> dict[str | None, str]:
+    paths: dict[str | None, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in PROFILES:
+            paths[name] = path
+        elif sep and not Path(value).exists():
+            raise pytest.UsageError(f"--model-path {value}: unknown profile {name!r} "
+                                    f"(known: {', '.join(PROFILES)})")
+        else:
+            paths[None] = value
+    for name, path in paths.items():
+        try:
+            from mechanisms.registry import check_checkpoint_dir
+            check_checkpoint_dir(path)
+        except CheckpointError as err:
+            raise pytest.UsageError(f"--model-path {path}: {err}") from err
+    return paths
+
+
+class ClaimReporter:
+    """Collects test reports on the controller and writes one report per profile (a registered plugin)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.entries: dict[str, dict] = {}
+        self.started = time.time()
+        self.reports: dict[str, dict] = {}
+
+    def entry(self, report: pytest.TestReport) -> dict | None:
+        props = dict((k, v) for k, v in report.user_properties if k in (rec.PROFILE, rec.CLAIM))
+        if rec.PROFILE not in props:
+            return None
+        claim = props.get(rec.CLAIM, {})
+        return self.entries.setdefault(report.nodeid, {
+            "nodeid": report.nodeid, "profile": props[rec.PROFILE], "title": claim.get("title", report.nodeid),
+            "finding": claim.get("finding", ""), "reference": claim.get("reference", ""),
+            "outcome": "unknown", "measurements": [], "expectations": [], "notes": [], "context": None})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.entry(report)
+        if entry is None:
+            return
+        if report.when == "call" or (report.when == "setup" and not report.passed) or \
+                (report.when == "teardown" and report.failed):
+            entry["measurements"] = [v for k, v in report.user_properties if k == rec.MEASUREMENT]
+            entry["expectations"] = [v for k, v in report.user_properties if k == rec.EXPECTATION]
+            entry["notes"] = [v for k, v in report.user_properties if k == rec.NOTE]
+            contexts = [v for k, v in report.user_properties if k == rec.CONTEXT]
+            entry["context"] = contexts[-1] if contexts else None
+            if report.skipped:
+                entry["outcome"] = "skipped"
+                entry["reason"] = _skip_reason(report)
+            elif report.failed:
+                entry["outcome"] = "failed" if report.when == "call" else "error"
+                entry["reason"] = _failure_reason(report)
+            else:
+                entry["outcome"] = "passed"
+            entry["duration_s"] = round(report.duration, 3)
+
+    def pytest_sessionfinish(self) -> None:
+        by_profile: dict[str, list[dict]] = {}
+        for entry in self.entries.values():
+            by_profile.setdefault(entry["profile"], []).append(entry)
+        from mechanisms.reports import build_report, write_report
+
+        report_dir = Path(self.config.getoption("vlm_report_dir"))
+        for profile, entries in sorted(by_profile.items()):
+            durations = {e["nodeid"]: e.pop("duration_s", None) for e in entries}
+            report = build_report(profile, entries, self.config.getoption("vlm_seed"),
+                                  run={"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)),
+                                       "wall_s": round(time.time() - self.started, 1), "durations_s": durations})
+            write_report(report_dir, report)
+            self.reports[profile] = report
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        from mechanisms.reports import terminal_rows
+
+        for profile, report in self.reports.items():
+            terminalreporter.write_sep("=", f"effect sizes: {profile}")
+            for row in terminal_rows(report):
+                terminalreporter.write_line(row)
+            terminalreporter.write_line(f"report: {Path(self.config.getoption('vlm_report_dir')) / profile / 'REPORT.md'}")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def _failure_reason(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return crash.message if crash is not None else str(report.longrepr)[-2000:]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, profile in PROFILES.items():
+        config.addinivalue_line("markers", f"{name}: claims run on {profile.description}")
+    config._vlm_model_paths = _parse_model_paths(config.getoption("vlm_model_paths"))
+    if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports, never a worker
+        config.pluginmanager.register(ClaimReporter(config), "vlm-claim-reporter")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "profile" in metafunc.fixturenames:
+        metafunc.parametrize("profile", [pytest.param(p, id=name, marks=getattr(pytest.mark, name))
+                                         for name, p in PROFILES.items()])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or "profile" not in callspec.params:
+            continue
+        item.user_properties.append((rec.PROFILE, callspec.params["profile"].name))
+        item.user_properties.append((rec.CLAIM, _describe_claim(item)))
+
+
+def _describe_claim(item: pytest.Item) -> dict:
+    doc = inspect.getdoc(getattr(item, "obj", None)) or ""
+    lines = doc.splitlines()
+    reference = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Paper:")), "")
+    finding = "\n".join(ln for ln in lines if not ln.startswith("Paper:")).strip()
+    return {"title": lines[0].rstrip(".") if lines else item.name, "finding": finding, "reference": reference}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    result = yield
+    recorder = pyfuncitem.funcargs.get("claim")
+    if isinstance(recorder, rec.ClaimRecorder):
+        message = recorder.failure_message()
+        if message:
+            raise AssertionError(message)
+    return result
+
+
+# ----- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vlm(profile: Profile, request: pytest.FixtureRequest):
+    """The model under test for this profile, loaded once per worker; skips when its weights are absent."""
+    from mechanisms.adapters import FamilyNotSupported, load_adapter
+    from mechanisms.tasks import VLM
+
+    paths = request.config._vlm_model_paths
+    explicit = paths.get(profile.name, paths.get(None))
+    device = request.config.getoption("vlm_device")
+    key = (profile.name, explicit, device)
+    if key not in _MODELS:
+        try:
+            checkpoint = resolve_checkpoint(profile, explicit)
+            adapter = load_adapter(profile.family, checkpoint, profile.torch_dtype, device)
+        except (CheckpointUnavailable, FamilyNotSupported) as err:
+            _MODELS[key] = err
+        else:
+            _MODELS[key] = VLM(profile, adapter, checkpoint, fingerprint_checkpoint(checkpoint), device)
+    loaded = _MODELS[key]
+    if isinstance(loaded, Exception):
+        pytest.skip(str(loaded))
+    return loaded
+
+
+@pytest.fixture
+def dataset(profile: Profile, request: pytest.FixtureRequest):
+    """The evaluation set: --dataset, else the profile's default; loaded once per worker."""
+    from mechanisms.data import resolve_dataset
+
+    spec = request.config.getoption("vlm_dataset") or profile.default_dataset
+    if spec == "coco":
+        pytest.skip(f"{profile.name} is measured on COCO, which cannot be downloaded here: pass --dataset "
+                    f"/path/to/dataset-folder (README: 'running on COCO'), or --dataset synthetic")
+    if spec not in _DATASETS:
+        _DATASETS[spec] = resolve_dataset(spec)
+    return _DATASETS[spec]
+
+
+@pytest.fixture
+def claim(request: pytest.FixtureRequest, vlm, dataset) -> rec.ClaimRecorder:
+    """Records a claim's measurements and expectations into its test report."""
+    recorder = rec.ClaimRecorder(request.node.user_properties, request.config.getoption("vlm_seed"),
+                                 request.config.getoption("vlm_max_samples"))
+    request.node.user_properties.append((rec.CONTEXT, {"model": vlm.describe(), "dataset": dataset.describe()}))
+    return recorder
