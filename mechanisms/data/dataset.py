@@ -49,7 +49,8 @@ class Dataset:
     samples: list[ObjectSample]
     fingerprint: str
     skipped: Counter = field(default_factory=Counter)
-    _coco: object = None
+    _annotations: dict = field(default_factory=dict, repr=False)
+    _images: dict = field(default_factory=dict, repr=False)
 
     def image(self, sample: ObjectSample) -> Image.Image:
         return _open_rgb(sample.image_path)
@@ -60,7 +61,7 @@ class Dataset:
         return _open_rgb(sample.counterfactual_path)
 
     def mask(self, sample: ObjectSample) -> np.ndarray:
-        return self._coco.annToMask(self._coco.anns[sample.annotation_id]).astype(bool)
+        return _decode_mask(self._annotations[sample.annotation_id], self._images[sample.image_id])
 
     def with_counterfactuals(self) -> list[ObjectSample]:
         return [s for s in self.samples if s.counterfactual_path is not None]
@@ -137,23 +138,36 @@ def load_dataset(root: str | Path) -> Dataset:
         except (KeyError, TypeError) as err:
             raise DatasetError(f"{instances_path}: malformed entry ({err!r})") from err
 
-    categories = {c["id"]: c["name"] for c in instances["categories"]}
+    categories = {c["id"]: c["name"] for c in instances["categories"] if isinstance(c, dict) and "id" in c}
     skipped: Counter = Counter()
     samples: list[ObjectSample] = []
-    for ann in sorted(instances["annotations"], key=lambda a: a.get("id", 0)):
+    annotations: dict[int, dict] = {}
+    for ann in instances["annotations"]:
+        if not isinstance(ann, dict):
+            skipped["malformed annotation"] += 1
+            continue
+        if ann.get("id") in annotations:  # ids key masks and counterfactuals: a repeat would mix them up
+            skipped["duplicate annotation id"] += 1
+            continue
         reason = _problem(ann, coco, categories, images_dir)
         if reason:
             skipped[reason] += 1
             continue
         info = coco.imgs[ann["image_id"]]
-        mask_area = float(coco.annToMask(ann).sum())
+        try:
+            mask_area = float(_decode_mask(ann, info).sum())
+        except Exception:  # pycocotools raises bare Exception, TypeError or ValueError on bad segmentations
+            skipped["malformed segmentation"] += 1
+            continue
         if mask_area == 0:
             skipped["empty mask"] += 1
             continue
+        annotations[ann["id"]] = ann
         samples.append(ObjectSample(
             image_id=ann["image_id"], annotation_id=ann["id"], category=categories[ann["category_id"]],
             box=Box.from_coco(ann["bbox"]), area=mask_area, width=int(info["width"]), height=int(info["height"]),
             image_path=images_dir / info["file_name"], counterfactual_path=counterfactuals.get(ann["id"])))
+    samples.sort(key=lambda s: s.annotation_id)
     missing_cf = [s for s in samples if s.counterfactual_path is not None and not s.counterfactual_path.is_file()]
     if missing_cf:
         skipped["missing counterfactual image"] += len(missing_cf)
@@ -163,7 +177,29 @@ def load_dataset(root: str | Path) -> Dataset:
     if manifest_path.is_file():
         digest.update(manifest_path.read_bytes())
     return Dataset(name=name, root=root, categories=[categories[k] for k in sorted(categories)],
-                   samples=samples, fingerprint=digest.hexdigest()[:16], skipped=skipped, _coco=coco)
+                   samples=samples, fingerprint=digest.hexdigest()[:16], skipped=skipped,
+                   _annotations=annotations, _images=coco.imgs)
+
+
+def _decode_mask(ann: dict, image_info: dict) -> np.ndarray:
+    """Bool [height, width] mask from a polygon, RLE or uncompressed-RLE segmentation."""
+    from pycocotools import mask as mask_utils
+
+    height, width = int(image_info["height"]), int(image_info["width"])
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if isinstance(p, list)]
+        if not polygons or any(len(p) < 6 or len(p) % 2 for p in polygons):
+            raise ValueError("polygon with fewer than three points")
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    mask = mask_utils.decode(rle).astype(bool)
+    if mask.shape != (height, width):
+        raise ValueError(f"mask of shape {mask.shape} for an image of {height}x{width}")
+    return mask
 
 
 def _without_counterfactual(sample: ObjectSample) -> ObjectSample:
@@ -177,12 +213,17 @@ def _problem(ann: dict, coco, categories: dict, images_dir: Path) -> str | None:
         return "annotation missing a required key"
     if ann["image_id"] not in coco.imgs:
         return "annotation for an absent image"
+    info = coco.imgs[ann["image_id"]]
+    if not all(k in info for k in ("file_name", "width", "height")):
+        return "malformed image entry"
     if ann["category_id"] not in categories:
         return "unknown category"
     if ann.get("iscrowd", 0):
         return "crowd annotation"
     bbox = ann["bbox"]
-    if len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        return "malformed box"
+    if bbox[2] <= 0 or bbox[3] <= 0:
         return "degenerate box"
     if not ann["segmentation"]:
         return "empty mask"

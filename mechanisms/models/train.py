@@ -160,6 +160,7 @@ def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps:
 def quick_eval(adapter: LlavaAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
     """Greedy box answers on held-out scenes: the paper's localization score, for the learning curve."""
     from mechanisms.evaluation import Generator
+    from mechanisms.tasks import MAX_NEW_TOKENS
 
     generator = Generator(adapter, batch_size=32)
     images, questions, truths = [], [], []
@@ -171,7 +172,7 @@ def quick_eval(adapter: LlavaAdapter, scenes: list[SceneSpec], max_objects: int 
             truths.append((mask_bbox(render_mask(obj, scene.width, scene.height)), scene.width, scene.height))
         if len(questions) >= max_objects:
             break
-    answers = generator.generate(images, questions, max_new_tokens=24)
+    answers = generator.generate(images, questions, max_new_tokens=MAX_NEW_TOKENS["box"])
     ious = []
     for text, (truth, w, h) in zip(answers, truths):
         box = adapter.parse_box(text, w, h)

@@ -1,0 +1,96 @@
+"""The claims suite run as a user runs it (`pytest claims ...` in a subprocess), checked through its report.
+
+- the baseline claim fails on an untrained tiny-llava of the shipped config (a claim that cannot fail
+  is a defect) and still records its numbers;
+- under `-n 2` the report holds every claim exactly once, with the same measurements as `-n 0`;
+- an absent checkpoint skips with a reason; a `--model-path` that is not a checkpoint is a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mechanisms.models.tiny_llava import save_untrained
+
+REPO = Path(__file__).resolve().parent.parent
+CLAIM_FILES = sorted(p.name for p in (REPO / "claims").glob("test_*.py"))
+
+
+def run_claims(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    report_dir = tmp_path / "reports"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
+           "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("VLM_MECHANISMS_LLAVA7B_PATH", None)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:randomly", "--report-dir", str(report_dir), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return proc, report_dir
+
+
+def load_report(report_dir: Path, profile: str) -> dict:
+    return json.loads((report_dir / profile / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    return save_untrained(tmp_path_factory.mktemp("untrained-tiny-llava"), seed=0)
+
+
+def test_baseline_claim_fails_on_an_untrained_model(untrained_checkpoint, tmp_path):
+    """Random weights of the shipped config: the baseline claim fails, by a recorded margin."""
+    proc, reports = run_claims("claims/test_baseline_competence.py", "-m", "tiny_llava",
+                               "--model-path", str(untrained_checkpoint), "--max-samples", "40",
+                               tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = load_report(reports, "tiny_llava")
+    (entry,) = report["claims"]
+    assert entry["outcome"] == "failed"
+    assert "claim does not hold" in entry["reason"]
+    measured = {m["name"]: m for m in entry["measurements"]}
+    assert measured["localization_score"]["n"] == 40
+    assert measured["localization_score"]["ci_low"] < 0.40
+    assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"])
+    assert report["model"]["checkpoint"] == str(untrained_checkpoint)
+
+
+def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
+    """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
+    serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "48",
+                                    tmp_path=tmp_path / "serial")
+    parallel, parallel_dir = run_claims("claims", "-m", "tiny_llava", "-n", "2", "--max-samples", "48",
+                                        tmp_path=tmp_path / "parallel")
+    assert serial.returncode in (0, 1), serial.stdout[-3000:] + serial.stderr[-3000:]
+    assert parallel.returncode == serial.returncode, parallel.stdout[-3000:]
+    a, b = load_report(serial_dir, "tiny_llava"), load_report(parallel_dir, "tiny_llava")
+    ids = [e["nodeid"] for e in b["claims"]]
+    assert len(ids) == len(set(ids)) == len(a["claims"])
+    assert {i.split("::")[0].split("/")[-1] for i in ids} == set(CLAIM_FILES)
+    assert a["claims"] == b["claims"]
+    assert "effect sizes: tiny_llava" in parallel.stdout
+    assert (parallel_dir / "tiny_llava" / "REPORT.md").is_file()
+
+
+def test_absent_checkpoint_skips_with_a_reason(tmp_path):
+    """llava7b without weights: every claim skips, naming how to provide them; the run exits 0."""
+    proc, reports = run_claims("claims", "-m", "llava7b", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = load_report(reports, "llava7b")
+    assert report["claims"] and all(e["outcome"] == "skipped" for e in report["claims"])
+    for entry in report["claims"]:
+        assert "VLM_MECHANISMS_LLAVA7B_PATH" in entry["reason"]
+        assert "llava-hf/llava-1.5-7b-hf" in entry["reason"]
+
+
+def test_model_path_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):
+    """A folder without config.json given as --model-path stops the run before any claim, saying why."""
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    proc, _ = run_claims("claims", "-m", "tiny_llava", "--model-path", str(not_a_checkpoint), tmp_path=tmp_path)
+    assert proc.returncode == 4
+    assert "is not a checkpoint" in proc.stderr + proc.stdout
