@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transformers import LlavaForConditionalGeneration
+
 from mechanisms.adapters.llava import LlavaAdapter
 from mechanisms.data.synthetic import (
     CATEGORY_NAMES,
@@ -207,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-turns", type=int, default=6)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from a checkpoint this command wrote (a further instruction-tuning "
+                             "phase with its own warm-up and cosine decay; the vision tower stays frozen)")
+    parser.add_argument("--tune-tower", type=float, default=0.0, metavar="SCALE",
+                        help="also train the vision tower (end-to-end), at SCALE x the learning rate; 0 keeps it frozen")
+    parser.add_argument("--phase", type=int, default=1,
+                        help="phase number: seeds this phase's batch order and chat sampling")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     log_rows: list[dict] = []
 
     def log(row: dict) -> None:
-        row = {"minutes": round((time.time() - started) / 60, 2), **row}
+        row = {"minutes": round((time.time() - started) / 60, 2), "phase": args.phase, **row}
         log_rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -228,25 +237,42 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = tiny_llava.build_tokenizer()
     processor = tiny_llava.build_processor(tokenizer)
-    model = tiny_llava.build_model(args.seed, tokenizer)
+    if args.init is None:
+        model = tiny_llava.build_model(args.seed, tokenizer)
+        pretrain_vision(model, pixels, scenes, args.vision_steps, 64, 2e-3, args.seed, log)
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        model.model.vision_tower.requires_grad_(False)
+        previous = args.init / "training_log.json"
+        if previous.is_file():
+            log_rows.extend({**row, "phase": row.get("phase", 1)} for row in json.loads(previous.read_text()))
+        log({"stage": "init", "from": str(args.init), "phase": args.phase})
     adapter = LlavaAdapter(model, processor)
-    pretrain_vision(model, pixels, scenes, args.vision_steps, 64, 2e-3, args.seed, log)
 
-    builder = ChatBuilder(adapter, args.max_turns, random.Random(args.seed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(args.seed + 1)
+    phase_seed = args.seed + 1000 * (args.phase - 1)
+    builder = ChatBuilder(adapter, args.max_turns, random.Random(phase_seed))
+    tower = model.model.vision_tower
+    if args.tune_tower:  # end-to-end: the LM's answer loss may now shape the tower (position table stays fixed)
+        tower.requires_grad_(True)
+        tower.embeddings.position_embedding.weight.requires_grad_(False)
+    tower_params = [p for p in tower.parameters() if p.requires_grad]
+    other_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("model.vision_tower.")]
+    params = other_params + tower_params
+    opt = torch.optim.AdamW([{"params": other_params, "scale": 1.0},
+                             {"params": tower_params, "scale": args.tune_tower}],
+                            lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(phase_seed + 1)
     warmup = 200
     card = model_card(args)
     running = []
     for step in range(args.steps):
         model.train()
-        model.model.vision_tower.eval()
+        tower.train(bool(args.tune_tower))
         idx = torch.randint(0, len(scenes), (args.batch,), generator=gen).tolist()
         input_ids, labels, attention = collate([builder.encode(scenes[i]) for i in idx], tokenizer.pad_token_id)
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(input_ids=input_ids, pixel_values=pixels[idx].float(), attention_mask=attention).logits
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -274,8 +300,10 @@ A real `LlavaForConditionalGeneration` (CLIP vision tower 96 px / patch 8 = 12x1
 two-layer GELU projector; Llama LM with 6 layers, 4 query heads, 2 key/value heads, hidden 128) with a
 `LlavaProcessor` that pads to square like LLaVA-1.5, trained on vlm-mechanisms' synthetic shape scenes.
 
-Reproduce: `python -m mechanisms.models.train --out {args.out} --seed {args.seed} --steps {args.steps}
---vision-steps {args.vision_steps} --batch {args.batch} --lr {args.lr} --train-scenes {args.train_scenes}`
+Reproduce (phase 1; the README lists every phase's command):
+`python -m mechanisms.models.train --out {args.out} --seed {args.seed} --steps {args.steps} --max-turns {args.max_turns}`
+{"" if args.init is None else f"This checkpoint is phase {args.phase}: {args.steps} further steps from the phase {args.phase - 1} checkpoint (`--init`), with a fresh warm-up and cosine decay."}
+{"" if not args.tune_tower else f"In this phase the vision tower was trained too (end-to-end, learning rate x{args.tune_tower}), by the same answer loss; its position table stayed fixed."}
 
 What it was taught (read this before reading a report made on it):
 1. Vision tower: multi-label classification of the scene's categories from the mean of its patch
