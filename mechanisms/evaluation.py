@@ -6,6 +6,7 @@ its raw text: an answer that cannot be parsed is a miss, never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,29 +20,50 @@ from mechanisms.geometry import Box, iou
 IOU_THRESHOLDS = (0.5, 0.7, 0.9)
 
 
+EditMaker = Callable[[int, torch.Tensor], "TokenEdit | None"]  # (row, that row's visual tokens) -> edit
+
+
 class Generator:
-    """Batched greedy decoding for one adapter."""
+    """Batched greedy decoding for one adapter, optionally under edits of the visual tokens.
+
+    The vision tower and projector run once per batch of images; every condition then decodes from
+    the same visual tokens (edited per row) through `mm_encoder_outputs`, which is bit-identical to
+    passing pixels when nothing is edited.
+    """
 
     def __init__(self, adapter: ModelAdapter, batch_size: int = 32, device: str | torch.device | None = None):
         self.adapter = adapter
         self.batch_size = batch_size
         self.device = torch.device(device) if device else next(adapter.model.parameters()).device
 
-    @torch.no_grad()
     def generate(self, images: list[Image.Image], questions: list[str], max_new_tokens: int) -> list[str]:
-        answers: list[str] = []
-        model = self.adapter.model
+        return self.generate_conditions(images, questions, max_new_tokens, {"": None})[""]
+
+    @torch.no_grad()
+    def generate_conditions(self, images: list[Image.Image], questions: list[str], max_new_tokens: int,
+                            conditions: Mapping[str, EditMaker | None],
+                            mean: torch.Tensor | None = None) -> dict[str, list[str]]:
+        """Answers per condition name; a condition maps (row, visual tokens) to that row's edit."""
+        from mechanisms.interventions.tokens import edited_features
+
+        answers: dict[str, list[str]] = {name: [] for name in conditions}
         for start in range(0, len(questions), self.batch_size):
-            batch = self.adapter.encode(images[start:start + self.batch_size],
-                                        questions[start:start + self.batch_size])
+            rows = range(start, min(start + self.batch_size, len(questions)))
+            batch = self.adapter.encode([images[i] for i in rows], [questions[i] for i in rows])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            if "pixel_values" in batch:
-                batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
-            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
-                                 pad_token_id=self.adapter.tokenizer.pad_token_id)
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
-            answers += self.adapter.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [a.strip() for a in answers]
+            features = self.adapter.visual_tokens(batch)
+            for name, make_edit in conditions.items():
+                edits = [make_edit(i, f) if make_edit else None for i, f in zip(rows, features)]
+                answers[name] += self._decode(batch, edited_features(features, edits, mean), max_new_tokens)
+        return answers
+
+    def _decode(self, batch: dict, features: list[torch.Tensor], max_new_tokens: int) -> list[str]:
+        out = self.adapter.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            **self.adapter.visual_inputs(features), do_sample=False, max_new_tokens=max_new_tokens,
+            use_cache=True, pad_token_id=self.adapter.tokenizer.pad_token_id)
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        return [a.strip() for a in self.adapter.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 @dataclass

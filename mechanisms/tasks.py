@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from mechanisms.adapters.base import ModelAdapter
 from mechanisms.data.dataset import Dataset, ObjectSample
 from mechanisms.evaluation import (
@@ -19,6 +21,8 @@ from mechanisms.evaluation import (
     score_boxes,
     score_list,
 )
+from mechanisms.interventions.conditions import Condition
+from mechanisms.interventions.reference import DEFAULT_REFERENCE
 from mechanisms.prompts import binary_prompt, box_prompt, list_prompt
 from mechanisms.registry import Profile
 
@@ -36,7 +40,9 @@ class VLM:
     checkpoint: Path
     fingerprint: str
     device: str = "cpu"
+    reference_images: str = DEFAULT_REFERENCE
     _answers: dict = field(default_factory=dict, repr=False)
+    _mean: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def generator(self) -> Generator:
@@ -46,30 +52,82 @@ class VLM:
         return {"profile": self.profile.name, "family": self.profile.family, "checkpoint": str(self.checkpoint),
                 "fingerprint": self.fingerprint, "dtype": self.profile.dtype, "device": self.device}
 
+    def mean_visual_embedding(self) -> torch.Tensor:
+        """What ablation writes into removed tokens, over the reference images (cached on disk)."""
+        if self._mean is None:
+            from mechanisms.data import cache_root
+            from mechanisms.interventions.reference import mean_visual_embedding
+
+            self._mean = mean_visual_embedding(self.adapter, self.fingerprint, self.reference_images,
+                                               cache_root(), self.profile.batch_size).to(self.device)
+        return self._mean
+
     def ask(self, key: tuple, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
-            kind: str, counterfactual: bool = False) -> list[str]:
-        """Answers to one question per sample (memoized under `key`), images loaded chunk by chunk."""
-        full_key = (dataset.fingerprint, kind, counterfactual) + key
-        if full_key not in self._answers:
-            answers: list[str] = []
+            kind: str, counterfactual: bool = False, condition: Condition | None = None) -> list[str]:
+        """Answers to one question per sample, under one condition (None: the unmodified model)."""
+        return self.ask_under(key, dataset, samples, questions, kind, [condition], counterfactual)[
+            _name(condition)]
+
+    def ask_under(self, key: tuple, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
+                  kind: str, conditions: list[Condition | None], counterfactual: bool = False) -> dict:
+        """Answers per condition name, memoized under `key`; conditions not yet asked run together,
+        sharing each image's visual tokens, with images loaded chunk by chunk."""
+        keys = {_name(c): (dataset.fingerprint, kind, counterfactual, _name(c)) + key for c in conditions}
+        todo = [c for c in conditions if keys[_name(c)] not in self._answers]
+        if todo:
+            mean = self.mean_visual_embedding() if any(c is not None for c in todo) else None
+            answers: dict[str, list[str]] = {_name(c): [] for c in todo}
             generator = self.generator
             load = dataset.counterfactual if counterfactual else dataset.image
             for start in range(0, len(samples), CHUNK):
                 chunk = samples[start:start + CHUNK]
-                answers += generator.generate([load(s) for s in chunk], questions[start:start + CHUNK],
-                                              MAX_NEW_TOKENS[kind])
-            self._answers[full_key] = answers
-        return self._answers[full_key]
+                makers = {_name(c): _edit_maker(self.adapter, chunk, c) for c in todo}
+                out = generator.generate_conditions([load(s) for s in chunk], questions[start:start + CHUNK],
+                                                    MAX_NEW_TOKENS[kind], makers, mean)
+                for name, texts in out.items():
+                    answers[name] += texts
+            for c in todo:
+                self._answers[keys[_name(c)]] = answers[_name(c)]
+        return {name: self._answers[k] for name, k in keys.items()}
+
+
+def _name(condition: Condition | None) -> str:
+    return "none" if condition is None else condition.name
+
+
+def _edit_maker(adapter: ModelAdapter, chunk: list[ObjectSample], condition: Condition | None):
+    if condition is None:
+        return None
+
+    def make(row: int, features: torch.Tensor):
+        sample = chunk[row]
+        return condition.edit(sample, adapter.views(sample.width, sample.height), features)
+    return make
 
 
 def _ids(samples: list[ObjectSample]) -> tuple[int, ...]:
     return tuple(s.annotation_id for s in samples)
 
 
-def localize(vlm: VLM, dataset: Dataset, samples: list[ObjectSample]) -> LocalizationResult:
+def localize(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
+             condition: Condition | None = None) -> LocalizationResult:
     """Box prompt per object, scored by IoU against the ground-truth box."""
-    answers = vlm.ask(_ids(samples), dataset, samples, [box_prompt(s.category) for s in samples], "box")
-    return score_boxes(vlm.adapter, answers, [s.box for s in samples], [(s.width, s.height) for s in samples])
+    return localize_under(vlm, dataset, samples, [condition])[_name(condition)]
+
+
+def localize_under(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
+                   conditions: list[Condition | None]) -> dict[str, LocalizationResult]:
+    """The box prompt under several conditions at once (they share each image's visual tokens)."""
+    answers = vlm.ask_under(_ids(samples), dataset, samples, [box_prompt(s.category) for s in samples], "box",
+                            conditions)
+    return {name: box_answers_scored(vlm, texts, samples) for name, texts in answers.items()}
+
+
+def box_answers_scored(vlm: VLM, answers: list[str], samples: list[ObjectSample],
+                       truths: list | None = None) -> LocalizationResult:
+    """Score box answers against the samples' boxes (or other `truths`, e.g. scaled boxes)."""
+    truths = [s.box for s in samples] if truths is None else truths
+    return score_boxes(vlm.adapter, answers, truths, [(s.width, s.height) for s in samples])
 
 
 def classify_by_list(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
@@ -91,6 +149,14 @@ def classify_by_list(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
         by_image = {s.image_id: a for s, a in zip(unique, per_image)}
         answers = [by_image[s.image_id] for s in samples]
     return score_list(answers, [s.category for s in samples])
+
+
+def classify_by_list_under(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
+                           conditions: list[Condition]) -> dict[str, PresenceResult]:
+    """The list prompt per (image, object) under each condition: an edit is specific to its object."""
+    question = list_prompt(dataset.categories)
+    answers = vlm.ask_under(_ids(samples), dataset, samples, [question] * len(samples), "list", conditions)
+    return {name: score_list(texts, [s.category for s in samples]) for name, texts in answers.items()}
 
 
 def ask_presence(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],

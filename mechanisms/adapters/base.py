@@ -44,6 +44,24 @@ class ModelAdapter(ABC):
         texts = [self.chat_text(q) for q in questions]
         return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
 
+    answer_separator: ClassVar[str] = " "  # what the chat template puts between the prompt and the answer
+
+    def encode_with_answer(self, image: Image.Image, question: str, answer: str) -> tuple[dict, slice]:
+        """Inputs for teacher forcing `answer` after the prompt, and the positions of the answer tokens.
+
+        Prompt and answer are tokenized together (as the model saw them in training) and the prompt's
+        own tokenization must be a prefix of the whole; otherwise the split would be ambiguous.
+        """
+        prompt = self.processor(images=[image], text=[self.chat_text(question)], return_tensors="pt")
+        full = self.processor(images=[image], text=[self.chat_text(question) + self.answer_separator + answer],
+                              return_tensors="pt")
+        n_prompt = prompt["input_ids"].shape[1]
+        if not torch.equal(full["input_ids"][0, :n_prompt], prompt["input_ids"][0]):
+            raise ValueError(f"the tokenization of answer {answer!r} merges with the end of the prompt")
+        if "attention_mask" not in full:
+            full["attention_mask"] = torch.ones_like(full["input_ids"])
+        return full, slice(n_prompt, full["input_ids"].shape[1])
+
     # ----- image tokens ---------------------------------------------------------------------------
     @abstractmethod
     def views(self, width: int, height: int) -> list[View]:
@@ -55,6 +73,32 @@ class ModelAdapter(ABC):
 
     def n_image_tokens(self, width: int, height: int) -> int:
         return sum(view.n_tokens for view in self.views(width, height))
+
+    def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
+        """Each image's tokens at the LM input, [n_tokens, hidden] per image (vision tower + projector once).
+
+        Both transformers families expose `get_image_features`; its pooled output, concatenated, is
+        exactly what the model scatters into the image-token positions.
+        """
+        pixels = inputs["pixel_values"].to(self.model.dtype)
+        pooled = self.model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in pooled])
+        counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
+        if sum(counts) != flat.shape[0]:
+            raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
+        return list(flat.split(counts))
+
+    def visual_inputs(self, features: list[torch.Tensor]) -> dict:
+        """Keywords for the model's forward/generate that supply visual tokens instead of pixels."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(features))}}
+
+    def embed_with_visual_tokens(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings with `features` [B, n_tokens, hidden] at the image positions (for gradients)."""
+        embeds = self.model.get_input_embeddings()(input_ids)
+        mask = self.image_token_mask(input_ids).unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
     # ----- answers --------------------------------------------------------------------------------
     @abstractmethod
