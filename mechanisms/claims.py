@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mechanisms.measurements import Measurement, mean_measurement, paired_difference
+from mechanisms.measurements import Measurement, mean_measurement, paired_difference, statistic_measurement
 
 MEASUREMENT = "vlm_measurement"
 EXPECTATION = "vlm_expectation"
@@ -21,6 +21,7 @@ NOTE = "vlm_note"
 CONTEXT = "vlm_context"
 CLAIM = "vlm_claim"
 PROFILE = "vlm_profile"
+TABLE = "vlm_table"
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,15 @@ class ClaimRecorder:
         self.measurements: dict[str, Measurement] = {}
         self.expectations: list[Expectation] = []
 
-    def samples(self, dataset, pool=None):
-        """The claim's samples: the dataset's (or `pool`'s), cut to --max-samples deterministically."""
+    def samples(self, dataset, pool=None, limit: int | None = None):
+        """The claim's samples: the dataset's (or `pool`'s), cut deterministically to --max-samples, or to
+        the claim's own `limit` (a profile setting for expensive sweeps) when that is smaller."""
         pool = dataset.samples if pool is None else pool
-        if self.max_samples is None or self.max_samples >= len(pool):
+        bounds = [b for b in (self.max_samples, limit) if b is not None]
+        n = min(bounds) if bounds else None
+        if n is None or n >= len(pool):
             return list(pool)
-        keep = np.sort(np.random.default_rng(self.seed).choice(len(pool), self.max_samples, replace=False))
+        keep = np.sort(np.random.default_rng(self.seed).choice(len(pool), n, replace=False))
         return [pool[i] for i in keep]
 
     def _add(self, measurement: Measurement) -> Measurement:
@@ -88,9 +92,20 @@ class ClaimRecorder:
         return self._add(paired_difference(name, a, b, self.seed, paper=paper, description=description,
                                            extra=extra))
 
+    def statistic(self, name: str, statistic, arrays, paper=None, description: str = "", unit: str = "fraction",
+                  **extra) -> Measurement:
+        """`statistic(*arrays)` of per-sample arrays over the same objects, with a paired bootstrap interval."""
+        return self._add(statistic_measurement(name, statistic, arrays, self.seed, paper=paper,
+                                               description=description, unit=unit, extra=extra))
+
     def note(self, key: str, value) -> None:
         """Anything a reader needs beside the numbers (raw unparsed answers, counts, settings)."""
         self._props.append((NOTE, {key: value}))
+
+    def table(self, table: str, rows: list[dict], title: str = "", figure: str | None = None) -> None:
+        """Rows of one of the report's tables (`table` names it; rows from several claims are merged and
+        ordered by their `order` key). `figure="heatmap"` also draws it (rows x columns of `value`)."""
+        self._props.append((TABLE, {"table": table, "title": title, "rows": rows, "figure": figure}))
 
     def _expect(self, measurement: Measurement, comparison: str, threshold: float, statement: str,
                 bound: str) -> Expectation:

@@ -129,6 +129,10 @@ class View:
             grid[a:b + 1, c:d + 1] = True
         return grid
 
+    def extent(self) -> Box:
+        """The view's whole canvas in original-image coordinates (may reach past the image: padding)."""
+        return self.box_from_canvas(0.0, 0.0, self.width, self.height)
+
     def box_to_canvas(self, box: Box) -> tuple[float, float, float, float]:
         u0, v0 = self.to_canvas(box.x0, box.y0)
         u1, v1 = self.to_canvas(box.x1, box.y1)
@@ -147,6 +151,21 @@ def pad_to_square_view(width: int, height: int, grid: int, name: str = "image",
     return View(name=name, rows=grid, cols=grid, width=float(side), height=float(side),
                 scale_x=1.0, scale_y=1.0, offset_x=float((side - width) // 2),
                 offset_y=float((side - height) // 2), first_token=first_token)
+
+
+def grow_by_cells(box: Box, views: list[View], cells: int) -> Box:
+    """A box grown by `cells` token cells on every side, in original-image pixels (Figure 1's scaled GT).
+
+    A cell is the coarsest view's (the one whose rings cover the most image), and the result is clipped
+    to where the views have tokens at all.
+    """
+    dx = cells * max(v.cell_width for v in views)
+    dy = cells * max(v.cell_height for v in views)
+    grown = box.expanded(dx, dy)
+    extents = [v.extent() for v in views]
+    x0, y0 = min(e.x0 for e in extents), min(e.y0 for e in extents)
+    x1, y1 = max(e.x1 for e in extents), max(e.y1 for e in extents)
+    return Box(max(grown.x0, x0), max(grown.y0, y0), min(grown.x1, x1), min(grown.y1, y1))
 
 
 def dilate(grid: np.ndarray, rings: int) -> np.ndarray:

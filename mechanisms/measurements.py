@@ -73,3 +73,20 @@ def paired_difference(name: str, a, b, seed: int, **kwargs) -> Measurement:
     if a.shape != b.shape:
         raise ValueError(f"{name}: paired measurements need equal shapes, got {a.shape} and {b.shape}")
     return mean_measurement(name, a - b, seed, **kwargs)
+
+
+def statistic_measurement(name: str, statistic, arrays, seed: int, n_boot: int = N_BOOTSTRAP,
+                          **kwargs) -> Measurement:
+    """Any statistic of per-sample arrays measured on the same samples (e.g. a ratio of means), with a
+    paired percentile bootstrap: every resample draws the same objects for all arrays."""
+    arrays = [np.asarray(a, dtype=float) for a in arrays]
+    n = arrays[0].size
+    if any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"{name}: paired arrays need equal shapes")
+    if n == 0:
+        return Measurement(name, math.nan, math.nan, math.nan, 0, (seed,), **kwargs)
+    value = float(statistic(*arrays))
+    resampled = [float(statistic(*(a[idx] for a in arrays))) for idx in _resample_indices(n, seed, n_boot)]
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.nanquantile(resampled, [alpha, 1 - alpha])
+    return Measurement(name, value, float(low), float(high), n, (seed,), **kwargs)

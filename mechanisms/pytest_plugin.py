@@ -1,7 +1,7 @@
 """The pytest plugin that turns test functions into claims about a model.
 
 - Options live in one group (`--model-path`, `--dataset`, `--max-samples`, `--report-dir`, `--device`,
-  `--seed`); one marker per model profile, so `-m tiny_llava` or `-m llava7b` selects a model.
+  `--reference-images`, `--seed`); one marker per model profile, so `-m tiny_llava` or `-m llava7b` selects a model.
 - Any test that asks for the `profile` fixture (directly or through `vlm`) is run once per profile.
 - `vlm` and `dataset` are loaded once per worker process and cached; absent weights skip with a reason.
 - The `claim` fixture records measurements; after the run, the controller (never an xdist worker)
@@ -43,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report-dir", dest="vlm_report_dir", default="reports", metavar="DIR",
                     help="where reports/<profile>/report.json and REPORT.md are written")
     group.addoption("--device", dest="vlm_device", default="cpu", help="torch device for the models")
+    group.addoption("--reference-images", dest="vlm_reference_images", default=None, metavar="DIR",
+                    help="images whose mean visual token replaces ablated tokens (the paper: ImageNet val); "
+                         "default: a synthetic pool, 'synthetic:777:100'")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 
@@ -84,7 +87,8 @@ class ClaimReporter:
         return self.entries.setdefault(report.nodeid, {
             "nodeid": report.nodeid, "profile": props[rec.PROFILE], "title": claim.get("title", report.nodeid),
             "finding": claim.get("finding", ""), "reference": claim.get("reference", ""),
-            "outcome": "unknown", "measurements": [], "expectations": [], "notes": [], "context": None})
+            "outcome": "unknown", "measurements": [], "expectations": [], "notes": [], "tables": [],
+            "context": None})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         entry = self.entry(report)
@@ -95,6 +99,7 @@ class ClaimReporter:
             entry["measurements"] = [v for k, v in report.user_properties if k == rec.MEASUREMENT]
             entry["expectations"] = [v for k, v in report.user_properties if k == rec.EXPECTATION]
             entry["notes"] = [v for k, v in report.user_properties if k == rec.NOTE]
+            entry["tables"] = [v for k, v in report.user_properties if k == rec.TABLE]
             contexts = [v for k, v in report.user_properties if k == rec.CONTEXT]
             entry["context"] = contexts[-1] if contexts else None
             if report.skipped:
@@ -205,7 +210,11 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
         except (CheckpointUnavailable, FamilyNotSupported) as err:
             _MODELS[key] = err
         else:
-            _MODELS[key] = VLM(profile, adapter, checkpoint, fingerprint_checkpoint(checkpoint), device)
+            from mechanisms.interventions.reference import DEFAULT_REFERENCE
+
+            reference = request.config.getoption("vlm_reference_images") or DEFAULT_REFERENCE
+            _MODELS[key] = VLM(profile, adapter, checkpoint, fingerprint_checkpoint(checkpoint), device,
+                               reference_images=reference)
     loaded = _MODELS[key]
     if isinstance(loaded, Exception):
         pytest.skip(str(loaded))

@@ -61,10 +61,22 @@ class Profile:
         return getattr(torch, self.dtype)
 
 
+SHARED_FINDINGS = "_findings.toml"
+
+
 def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
+    """Every `<name>.toml` profile, its [claims.*] laid over the shared thresholds of `_findings.toml`."""
+    shared_path = directory / SHARED_FINDINGS
+    shared = tomllib.loads(shared_path.read_text()).get("claims", {}) if shared_path.is_file() else {}
     profiles = {}
     for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("_"):
+            continue
         data = tomllib.loads(path.read_text())
+        claims = {section: dict(values) for section, values in shared.items()}
+        for section, values in data.get("claims", {}).items():
+            claims.setdefault(section, {}).update(values)
+        data["claims"] = claims
         profile = Profile(**data)
         if profile.name != path.stem:
             raise ValueError(f"{path}: profile name {profile.name!r} must match the file name")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mechanisms.adapters.base import ModelAdapter
@@ -43,6 +44,7 @@ class VLM:
     reference_images: str = DEFAULT_REFERENCE
     _answers: dict = field(default_factory=dict, repr=False)
     _mean: torch.Tensor | None = field(default=None, repr=False)
+    _changed: dict = field(default_factory=dict, repr=False)
 
     @property
     def generator(self) -> Generator:
@@ -50,7 +52,8 @@ class VLM:
 
     def describe(self) -> dict:
         return {"profile": self.profile.name, "family": self.profile.family, "checkpoint": str(self.checkpoint),
-                "fingerprint": self.fingerprint, "dtype": self.profile.dtype, "device": self.device}
+                "fingerprint": self.fingerprint, "dtype": self.profile.dtype, "device": self.device,
+                "reference_images": self.reference_images}
 
     def mean_visual_embedding(self) -> torch.Tensor:
         """What ablation writes into removed tokens, over the reference images (cached on disk)."""
@@ -79,29 +82,40 @@ class VLM:
             answers: dict[str, list[str]] = {_name(c): [] for c in todo}
             generator = self.generator
             load = dataset.counterfactual if counterfactual else dataset.image
+            changed: dict[str, dict[int, float]] = {_name(c): {} for c in todo}
             for start in range(0, len(samples), CHUNK):
                 chunk = samples[start:start + CHUNK]
-                makers = {_name(c): _edit_maker(self.adapter, chunk, c) for c in todo}
+                makers = {_name(c): _edit_maker(self.adapter, chunk, c, changed[_name(c)]) for c in todo}
                 out = generator.generate_conditions([load(s) for s in chunk], questions[start:start + CHUNK],
                                                     MAX_NEW_TOKENS[kind], makers, mean)
                 for name, texts in out.items():
                     answers[name] += texts
             for c in todo:
                 self._answers[keys[_name(c)]] = answers[_name(c)]
+                self._changed.update({(_name(c), a): f for a, f in changed[_name(c)].items()})
         return {name: self._answers[k] for name, k in keys.items()}
+
+    def changed_fraction(self, condition: Condition | None, samples: list[ObjectSample]) -> np.ndarray:
+        """Per sample, the fraction of its image tokens the condition changed (Table 1's `Token (%)`)."""
+        if condition is None:
+            return np.zeros(len(samples))
+        return np.asarray([self._changed[(condition.name, s.annotation_id)] for s in samples])
 
 
 def _name(condition: Condition | None) -> str:
     return "none" if condition is None else condition.name
 
 
-def _edit_maker(adapter: ModelAdapter, chunk: list[ObjectSample], condition: Condition | None):
+def _edit_maker(adapter: ModelAdapter, chunk: list[ObjectSample], condition: Condition | None,
+                changed: dict[int, float]):
     if condition is None:
         return None
 
     def make(row: int, features: torch.Tensor):
         sample = chunk[row]
-        return condition.edit(sample, adapter.views(sample.width, sample.height), features)
+        edit = condition.edit(sample, adapter.views(sample.width, sample.height), features)
+        changed[sample.annotation_id] = edit.n_changed / edit.n_tokens
+        return edit
     return make
 
 
