@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from mechanisms.io import atomic_write_json, atomic_write_text
+from mechanisms.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mechanisms.measurements import format_paper
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pycocotools", "pandas", "pytest", "pytest-xdist")
@@ -25,6 +25,31 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
+
+
+# Readable column headers for the tables claims record (anything else is shown under its own name).
+COLUMN_TITLES = {
+    "strategy": "Ablation strategy", "k": "k", "tokens_pct": "Token (%)", "paper_tokens_pct": "paper Token (%)",
+    "localization": "Loc. (%)", "localization_std": "± (seeds)", "localization_drop": "↓ Loc.",
+    "paper_localization": "paper Loc.", "classification": "Cls. (%)", "classification_std": "± (seeds)",
+    "classification_drop": "↓ Cls.", "paper_classification": "paper Cls.", "task": "Task", "mode": "Mode",
+    "value": "Value", "std": "± (seeds)", "drop": "↓", "paper": "paper", "padding": "Padding p",
+    "scale": "GT scaling s",
+}
+IDENTITY = ("order", "strategy", "k", "task", "mode", "padding", "scale")
+
+
+def merge_tables(entries: list[dict]) -> dict[str, dict]:
+    """Tables by id, rows from every claim merged (a row recorded by two claims appears once), in order."""
+    tables: dict[str, dict] = {}
+    for entry in entries:
+        for part in entry.get("tables", []):
+            table = tables.setdefault(part["table"], {"title": part.get("title", ""), "figure": part.get("figure"),
+                                                      "rows": {}})
+            for row in part["rows"]:
+                table["rows"].setdefault(tuple(row.get(k) for k in IDENTITY), row)
+    return {name: {**t, "rows": [t["rows"][k] for k in sorted(t["rows"], key=lambda k: (k[0], str(k)))]}
+            for name, t in sorted(tables.items())}
 
 
 def build_report(profile: str, entries: list[dict], seed: int, run: dict) -> dict:
@@ -43,6 +68,7 @@ def build_report(profile: str, entries: list[dict], seed: int, run: dict) -> dic
         "packages": package_versions(),
         "summary": dict(sorted(counts.items())),
         "claims": entries,
+        "tables": merge_tables(entries),
         "run": run,
     }
 
@@ -50,8 +76,74 @@ def build_report(profile: str, entries: list[dict], seed: int, run: dict) -> dic
 def write_report(report_dir: Path, report: dict) -> Path:
     folder = Path(report_dir) / report["profile"]
     atomic_write_json(folder / "report.json", report)
+    for name, table in report.get("tables", {}).items():
+        atomic_write_text(folder / "tables" / f"{name}.csv", table_csv(table))
+        if table.get("figure") == "heatmap":
+            atomic_write_bytes(folder / "figures" / f"{name}.png", heatmap_png(table))
     atomic_write_text(folder / "REPORT.md", render_markdown(report))
     return folder
+
+
+def _columns(table: dict) -> list[str]:
+    columns: list[str] = []
+    for row in table["rows"]:
+        columns += [k for k in row if k != "order" and k not in columns]
+    return [c for c in columns if any(row.get(c) is not None for row in table["rows"])]
+
+
+def table_csv(table: dict) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(table["rows"], columns=_columns(table)).to_csv(index=False)
+
+
+def heatmap_png(table: dict) -> bytes:
+    """Figure 1 style: rows = padding p, columns = GT scaling s, cell = mean ± std over seeds."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = sorted({r["padding"] for r in table["rows"]})
+    cols = sorted({r["scale"] for r in table["rows"]})
+    values = np.full((len(rows), len(cols)), np.nan)
+    stds = np.zeros_like(values)
+    for r in table["rows"]:
+        values[rows.index(r["padding"]), cols.index(r["scale"])] = r["value"]
+        stds[rows.index(r["padding"]), cols.index(r["scale"])] = r.get("std") or 0.0
+    fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 1.5, 1.1 * len(rows) + 1.2), dpi=100)
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=max(1e-9, float(np.nanmax(values))))
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            dark = values[i, j] > 0.6 * np.nanmax(values)
+            ax.text(j, i, f"{values[i, j]:.3f}\n±{stds[i, j]:.3f}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), [f"GT +{c}" for c in cols])
+    ax.set_yticks(range(len(rows)), [f"p = {r}" for r in rows])
+    ax.set_xlabel("ground-truth box scaled by s token cells")
+    ax.set_ylabel("container padding p")
+    ax.set_title(table.get("title", ""), fontsize=9, wrap=True)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_table(name: str, table: dict) -> list[str]:
+    columns = _columns(table)
+    lines = [f"### {table.get('title') or name}", ""]
+    if table.get("figure") == "heatmap":
+        lines += [f"![{name}](figures/{name}.png)", ""]
+    lines.append("| " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in table["rows"]:
+        lines.append("| " + " | ".join(_fmt(row.get(c), 2) for c in columns) + " |")
+    lines.append("")
+    return lines
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -75,6 +167,12 @@ def render_markdown(report: dict) -> str:
     lines.append(f"- **Seed**: {report['seed']}; packages: "
                  + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
     lines.append("- **Outcomes**: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))
+    if report.get("tables"):
+        lines += ["", "## Tables and figures", "",
+                  "Measured on this model; `paper` columns are the paper's values for the same model where it has "
+                  "them. CSVs under `tables/`.", ""]
+        for name, table in report["tables"].items():
+            lines += render_table(name, table)
     lines += ["", "| claim | outcome | key measurement |", "|---|---|---|"]
     for entry in report["claims"]:
         first = entry["measurements"][0] if entry["measurements"] else None

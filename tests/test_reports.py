@@ -19,11 +19,20 @@ def _entry(seed: int = 0) -> dict:
                         paper=[0.11, 0.43])
     recorder.note("unparsed box answers (counted as misses)", ["a red thing"])
     recorder.expect_at_least(score, 0.4, "the model localizes above its floor")
+    recorder.table("table1", [{"order": 3, "strategy": "Object", "k": None, "tokens_pct": 8.5, "localization": 0.7,
+                               "localization_drop": 44.4, "paper_localization": 5.92},
+                              {"order": 0, "strategy": "Baseline", "k": None, "tokens_pct": 0.0,
+                               "localization": 45.1, "localization_drop": 0.0, "paper_localization": 35.34}],
+                   title="Table 1: accuracy after token ablation (%)")
+    recorder.table("figure1", [{"order": 10 * p + s, "padding": p, "scale": s, "value": 0.1 * (1 + p + s),
+                                "std": 0.01} for p in range(2) for s in range(3)],
+                   title="Figure 1", figure="heatmap")
     return {"nodeid": "claims/test_x.py::test_y[tiny_llava]", "profile": "tiny_llava", "title": "A claim",
             "finding": "A claim.\n\nWith a finding.", "reference": "Table 1", "outcome": "passed",
             "measurements": [v for k, v in props if k == "vlm_measurement"],
             "expectations": [v for k, v in props if k == "vlm_expectation"],
             "notes": [v for k, v in props if k == "vlm_note"],
+            "tables": [v for k, v in props if k == "vlm_table"],
             "context": {"model": {"profile": "tiny_llava", "family": "llava", "checkpoint": "ckpt",
                                   "fingerprint": "abc", "dtype": "float32", "device": "cpu"},
                         "dataset": {"name": "d", "fingerprint": "f", "n_samples": 50, "n_images": 20,
@@ -53,3 +62,13 @@ def test_same_seed_same_report_and_write_is_complete(tmp_path):
     assert json.loads((folder / "report.json").read_text())["claims"][0]["outcome"] == "passed"
     assert "## A claim — PASSED" in (folder / "REPORT.md").read_text()
     assert any("localization_score" in row for row in terminal_rows(_report()))
+    csv = (folder / "tables" / "table1.csv").read_text().splitlines()
+    assert csv[0].startswith("strategy,") and csv[1].startswith("Baseline,")  # merged rows come in order
+    assert (folder / "figures" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![figure1](figures/figure1.png)" in (folder / "REPORT.md").read_text()
+
+
+def test_rows_recorded_by_two_claims_appear_once():
+    entry = _entry()
+    twice = build_report("tiny_llava", [entry, {**entry, "nodeid": entry["nodeid"] + "2"}], seed=0, run={})
+    assert [r["strategy"] for r in twice["tables"]["table1"]["rows"]] == ["Baseline", "Object"]
