@@ -5,7 +5,7 @@ Growing the ablated region past the object (positive padding) removes more of it
 the model nearly as good as the baseline.
 """
 
-from mechanisms.effects import TASKS, ablation_row, measure_effects
+from mechanisms.effects import TASKS, ablation_row, expect_competence, measure_effects
 from mechanisms.interventions.conditions import object_ablation, register_ablation
 
 PADDINGS = (-2, -1, 0, 1, 2)
@@ -59,6 +59,7 @@ def test_negative_padding_barely_moves_accuracy(vlm, dataset, claim):
     profile = vlm.profile
     effects = _padding_effects(vlm, dataset, claim)
     for task in TASKS:
+        expect_competence(claim, profile, effects, task)
         _record_drop(claim, effects, task, "ablate:object-2", "object-2", profile)
         drop = _record_drop(claim, effects, task, "ablate:object-1", "object-1", profile)
         claim.expect_at_most(drop, profile.claims["padding"]["max_drop_negative"],
@@ -78,6 +79,7 @@ def test_ablating_register_tokens_barely_moves_accuracy(vlm, dataset, claim):
     profile = vlm.profile
     effects = _padding_effects(vlm, dataset, claim)
     for task in TASKS:
+        expect_competence(claim, profile, effects, task)
         drop = _record_drop(claim, effects, task, "ablate:register2std", "register", profile)
         claim.expect_at_most(drop, profile.claims["padding"]["max_drop_register"],
                              f"ablating register tokens barely moves {task}")

@@ -4,7 +4,7 @@ Ablation replaces visual tokens at the LM input with the global mean visual embe
 "these tokens matter" is ablating as many tokens drawn at random, per object, over the profile's seeds.
 """
 
-from mechanisms.effects import Effects, ablation_row, measure_effects
+from mechanisms.effects import Effects, ablation_row, expect_competence, measure_effects
 from mechanisms.interventions.conditions import matched_random_ablation, object_ablation
 
 
@@ -61,6 +61,7 @@ def test_localization_suffers_more_than_classification_from_object_ablation(vlm,
                    [round(1 - paper_obj[i] / paper_base[i], 4) for i in range(2)])
     arrays = []
     for i, task in enumerate(("localization", "classification")):
+        expect_competence(claim, profile, effects, task)  # a share of nothing is undefined
         arrays += [effects.of(task, "baseline"), effects.of(task, "ablate:object+0")]
         claim.statistic(f"{task}_share_of_baseline_lost", _share_lost, arrays[-2:],
                         paper=paper_share and paper_share[i], description="1 - ablated / baseline accuracy")

@@ -4,7 +4,7 @@ Tokens are permuted at the LM input: all image tokens, or only the object's toke
 each over the profile's shuffling seeds.
 """
 
-from mechanisms.effects import TASKS, measure_effects
+from mechanisms.effects import TASKS, expect_competence, measure_effects
 from mechanisms.interventions.conditions import full_shuffle, object_shuffle
 
 
@@ -49,7 +49,7 @@ def test_shuffling_inside_the_object_keeps_localization_while_a_full_shuffle_des
     """
     limits = vlm.profile.claims["shuffling"]
     effects, names, seeds = _shuffled(vlm, dataset, claim)
-    claim.measure("localization_baseline", effects.of("localization", "baseline"))
+    expect_competence(claim, vlm.profile, effects, "localization")
     inside = _record(claim, vlm, effects, names, seeds, "localization", "object")
     full = _record(claim, vlm, effects, names, seeds, "localization", "full")
     claim.expect_at_most(inside, limits["max_object_shuffle_drop_localization"],
@@ -65,7 +65,7 @@ def test_classification_is_unaffected_by_either_shuffle(vlm, dataset, claim):
     """
     limit = vlm.profile.claims["shuffling"]["max_classification_change"]
     effects, names, seeds = _shuffled(vlm, dataset, claim)
-    claim.measure("classification_baseline", effects.of("classification", "baseline"))
+    expect_competence(claim, vlm.profile, effects, "classification")
     for mode in ("object", "full"):
         drop = _record(claim, vlm, effects, names, seeds, "classification", mode)
         claim.expect_at_most(drop, limit, f"a {mode} shuffle costs classification at most {limit:.2f}")

@@ -77,3 +77,12 @@ def ablation_row(order: int, strategy: str, effects: Effects, names: list[str], 
         row[f"{task}_drop"] = round(100 * float(effects.of(task, BASELINE).mean() - value), 2)
         row[f"paper_{task}"] = None if paper is None else round(100 * paper[i], 2)
     return row
+
+
+def expect_competence(claim, profile, effects: Effects, task: str):
+    """A "barely moves" claim is vacuous on a model that cannot do the task: require the baseline floor."""
+    floor = profile.threshold("baseline", "min_localization" if task == "localization" else "min_classification")
+    baseline = claim.measure(f"{task}_baseline", effects.of(task, BASELINE))
+    claim.expect_at_least(baseline, floor, f"the unmodified model does {task} above its floor "
+                                           "(without it, 'barely moves' says nothing)")
+    return baseline

@@ -59,11 +59,29 @@ def test_baseline_claim_fails_on_an_untrained_model(untrained_checkpoint, tmp_pa
     assert report["model"]["checkpoint"] == str(untrained_checkpoint)
 
 
+TOKEN_CLAIMS = ["claims/test_object_token_ablation.py", "claims/test_ablation_padding.py",
+                "claims/test_integrated_gradients.py", "claims/test_containerization.py",
+                "claims/test_token_shuffling.py"]
+
+
+def test_every_token_intervention_claim_fails_on_an_untrained_model(untrained_checkpoint, tmp_path):
+    """Random weights: each token claim fails by a recorded negative margin (none can pass vacuously)."""
+    proc, reports = run_claims(*TOKEN_CLAIMS, "-m", "tiny_llava", "--model-path", str(untrained_checkpoint),
+                               "--max-samples", "12", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    entries = load_report(reports, "tiny_llava")["claims"]
+    assert len(entries) == 9
+    for entry in entries:
+        assert entry["outcome"] == "failed", entry["nodeid"]
+        assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"]), entry["nodeid"]
+        assert entry["measurements"], entry["nodeid"]
+
+
 def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
     """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
-    serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "48",
+    serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "32",
                                     tmp_path=tmp_path / "serial")
-    parallel, parallel_dir = run_claims("claims", "-m", "tiny_llava", "-n", "2", "--max-samples", "48",
+    parallel, parallel_dir = run_claims("claims", "-m", "tiny_llava", "-n", "2", "--max-samples", "32",
                                         tmp_path=tmp_path / "parallel")
     assert serial.returncode in (0, 1), serial.stdout[-3000:] + serial.stderr[-3000:]
     assert parallel.returncode == serial.returncode, parallel.stdout[-3000:]
