@@ -165,7 +165,8 @@ def grow_by_cells(box: Box, views: list[View], cells: int) -> Box:
     extents = [v.extent() for v in views]
     x0, y0 = min(e.x0 for e in extents), min(e.y0 for e in extents)
     x1, y1 = max(e.x1 for e in extents), max(e.y1 for e in extents)
-    return Box(max(grown.x0, x0), max(grown.y0, y0), min(grown.x1, x1), min(grown.y1, y1))
+    clipped_x0, clipped_y0 = min(max(grown.x0, x0), x1), min(max(grown.y0, y0), y1)
+    return Box(clipped_x0, clipped_y0, max(min(grown.x1, x1), clipped_x0), max(min(grown.y1, y1), clipped_y0))
 
 
 def dilate(grid: np.ndarray, rings: int) -> np.ndarray:

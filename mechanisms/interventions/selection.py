@@ -47,6 +47,8 @@ def random_tokens(n_tokens: int, k: int, rng: np.random.Generator) -> np.ndarray
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """The k highest-scoring tokens (ties broken by position, so the result is deterministic)."""
+    if k < 0:
+        raise ValueError(f"top_k needs k >= 0, got {k}")
     scores = np.asarray(scores, dtype=float)
     order = np.lexsort((np.arange(len(scores)), -scores))
     selection = np.zeros(len(scores), dtype=bool)

@@ -28,7 +28,10 @@ class TokenEdit:
     source: np.ndarray
 
     def __post_init__(self):
-        source = np.asarray(self.source, dtype=np.int64)
+        raw = np.asarray(self.source)
+        if raw.size and not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"a TokenEdit's source must hold integer token indices, got {raw.dtype}")
+        source = raw.astype(np.int64)
         if source.ndim != 1 or (source < MEAN).any() or (source >= len(source)).any():
             raise ValueError("a TokenEdit's source must be a 1-D array of token indices in [-1, n)")
         object.__setattr__(self, "source", source)
@@ -78,15 +81,23 @@ def identity(n_tokens: int) -> TokenEdit:
     return TokenEdit(np.arange(n_tokens))
 
 
+def _mask(selection) -> np.ndarray:
+    """Selections are bool masks over the image tokens; an index array here would silently mean else."""
+    selection = np.asarray(selection)
+    if selection.dtype != bool:
+        raise TypeError(f"a token selection is a bool mask over the image tokens, got dtype {selection.dtype}")
+    return selection
+
+
 def ablate(selection: np.ndarray) -> TokenEdit:
     """Replace the selected tokens (bool [n_tokens]) with the mean visual embedding."""
-    selection = np.asarray(selection, dtype=bool)
+    selection = _mask(selection)
     return TokenEdit(np.where(selection, MEAN, np.arange(len(selection))))
 
 
 def permute(selection: np.ndarray, rng: np.random.Generator) -> TokenEdit:
     """Shuffle the selected tokens among the selected slots (the rest stay put)."""
-    selection = np.asarray(selection, dtype=bool)
+    selection = _mask(selection)
     source = np.arange(len(selection))
     slots = np.flatnonzero(selection)
     source[slots] = rng.permutation(slots)
@@ -95,7 +106,7 @@ def permute(selection: np.ndarray, rng: np.random.Generator) -> TokenEdit:
 
 def fill_from(targets: np.ndarray, donors: np.ndarray, rng: np.random.Generator) -> TokenEdit:
     """Each target slot receives a copy of a donor token drawn uniformly with replacement (§3.1.1)."""
-    targets, donors = np.asarray(targets, dtype=bool), np.asarray(donors, dtype=bool)
+    targets, donors = _mask(targets), _mask(donors)
     source = np.arange(len(targets))
     slots, pool = np.flatnonzero(targets & ~donors), np.flatnonzero(donors)
     if len(slots) and not len(pool):
