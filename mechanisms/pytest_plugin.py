@@ -149,6 +149,13 @@ def _failure_reason(report: pytest.TestReport) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # xdist: share the cores instead of oversubscribing them (2 threads x n workers)
+        import os
+
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workerinput.get("workercount", 1))))
     for name, profile in PROFILES.items():
         config.addinivalue_line("markers", f"{name}: claims run on {profile.description}")
     config._vlm_model_paths = _parse_model_paths(config.getoption("vlm_model_paths"))
