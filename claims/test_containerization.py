@@ -44,7 +44,8 @@ def test_predicted_boxes_grow_with_the_token_container(vlm, dataset, claim):
             rows.append({"order": 10 * p + s, "padding": p, "scale": s, "value": round(float(matrix.mean()), 4),
                          "std": round(std, 4)})
     claim.table("figure1", rows, title="Figure 1: localization score of padded inputs against scaled GT boxes",
-                figure="heatmap")
+                figure={"kind": "heatmap", "x": "scale", "y": "padding", "value": "value", "std": "std",
+                        "xlabel": "GT box grown by s token cells", "ylabel": "container padding p"})
     for p in rings:
         diagonal = per_seed[p][p].mean(0)
         for s in scales:

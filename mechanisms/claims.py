@@ -102,9 +102,10 @@ class ClaimRecorder:
         """Anything a reader needs beside the numbers (raw unparsed answers, counts, settings)."""
         self._props.append((NOTE, {key: value}))
 
-    def table(self, table: str, rows: list[dict], title: str = "", figure: str | None = None) -> None:
+    def table(self, table: str, rows: list[dict], title: str = "", figure: dict | None = None) -> None:
         """Rows of one of the report's tables (`table` names it; rows from several claims are merged and
-        ordered by their `order` key). `figure="heatmap"` also draws it (rows x columns of `value`)."""
+        ordered by their `order` key). A `figure` spec also draws it as a PNG: {"kind": "heatmap", "x",
+        "y", "value", "std"?} or {"kind": "lines", "x", "y", "series"} (see `reports.figure_png`)."""
         self._props.append((TABLE, {"table": table, "title": title, "rows": rows, "figure": figure}))
 
     def _expect(self, measurement: Measurement, comparison: str, threshold: float, statement: str,

@@ -78,8 +78,8 @@ def write_report(report_dir: Path, report: dict) -> Path:
     atomic_write_json(folder / "report.json", report)
     for name, table in report.get("tables", {}).items():
         atomic_write_text(folder / "tables" / f"{name}.csv", table_csv(table))
-        if table.get("figure") == "heatmap":
-            atomic_write_bytes(folder / "figures" / f"{name}.png", heatmap_png(table))
+        if table.get("figure"):
+            atomic_write_bytes(folder / "figures" / f"{name}.png", figure_png(table))
     atomic_write_text(folder / "REPORT.md", render_markdown(report))
     return folder
 
@@ -97,8 +97,8 @@ def table_csv(table: dict) -> str:
     return pd.DataFrame(table["rows"], columns=_columns(table)).to_csv(index=False)
 
 
-def heatmap_png(table: dict) -> bytes:
-    """Figure 1 style: rows = padding p, columns = GT scaling s, cell = mean ± std over seeds."""
+def figure_png(table: dict) -> bytes:
+    """Draw a table as its `figure` spec says: a heatmap (x, y, value[, std]) or lines (x, y, series)."""
     import io
 
     import matplotlib
@@ -107,25 +107,40 @@ def heatmap_png(table: dict) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = sorted({r["padding"] for r in table["rows"]})
-    cols = sorted({r["scale"] for r in table["rows"]})
-    values = np.full((len(rows), len(cols)), np.nan)
-    stds = np.zeros_like(values)
-    for r in table["rows"]:
-        values[rows.index(r["padding"]), cols.index(r["scale"])] = r["value"]
-        stds[rows.index(r["padding"]), cols.index(r["scale"])] = r.get("std") or 0.0
-    fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 1.5, 1.1 * len(rows) + 1.2), dpi=100)
-    ax.imshow(values, cmap="Blues", vmin=0, vmax=max(1e-9, float(np.nanmax(values))))
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            dark = values[i, j] > 0.6 * np.nanmax(values)
-            ax.text(j, i, f"{values[i, j]:.3f}\n±{stds[i, j]:.3f}", ha="center", va="center", fontsize=9,
-                    color="white" if dark else "black")
-    ax.set_xticks(range(len(cols)), [f"GT +{c}" for c in cols])
-    ax.set_yticks(range(len(rows)), [f"p = {r}" for r in rows])
-    ax.set_xlabel("ground-truth box scaled by s token cells")
-    ax.set_ylabel("container padding p")
-    ax.set_title(table.get("title", ""), fontsize=9, wrap=True)
+    spec, rows = table["figure"], table["rows"]
+    if spec["kind"] == "heatmap":
+        ys = sorted({r[spec["y"]] for r in rows}, key=str)
+        xs = sorted({r[spec["x"]] for r in rows}, key=str)
+        values = np.full((len(ys), len(xs)), np.nan)
+        stds = np.zeros_like(values)
+        for r in rows:
+            values[ys.index(r[spec["y"]]), xs.index(r[spec["x"]])] = r[spec.get("value", "value")]
+            stds[ys.index(r[spec["y"]]), xs.index(r[spec["x"]])] = r.get(spec.get("std") or "", None) or 0.0
+        fig, ax = plt.subplots(figsize=(min(14, 0.9 * len(xs) + 2.5), min(12, 0.6 * len(ys) + 1.8)), dpi=100)
+        finite = values[np.isfinite(values)]
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        high = max(1e-9, float(finite.max())) if finite.size else 1.0
+        image = ax.imshow(values, cmap=spec.get("cmap", "Blues"), vmin=low, vmax=high, aspect="auto")
+        if len(xs) * len(ys) <= 64:
+            for i in range(len(ys)):
+                for j in range(len(xs)):
+                    text = f"{values[i, j]:.3f}" + (f"\n±{stds[i, j]:.3f}" if spec.get("std") else "")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                            color="white" if values[i, j] > low + 0.6 * (high - low) else "black")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+        for series in sorted({r[spec["series"]] for r in rows}, key=str):
+            points = [r for r in rows if r[spec["series"]] == series]
+            ax.plot([str(r[spec["x"]]) for r in points], [r[spec["y"]] for r in points], marker="o", label=str(series))
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.grid(alpha=0.3)
+    ax.set_xlabel(spec.get("xlabel", spec["x"]))
+    ax.set_ylabel(spec.get("ylabel", spec.get("y", "")))
+    ax.set_title(table.get("title", ""), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
@@ -136,7 +151,7 @@ def heatmap_png(table: dict) -> bytes:
 def render_table(name: str, table: dict) -> list[str]:
     columns = _columns(table)
     lines = [f"### {table.get('title') or name}", ""]
-    if table.get("figure") == "heatmap":
+    if table.get("figure"):
         lines += [f"![{name}](figures/{name}.png)", ""]
     lines.append("| " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |")
     lines.append("|" + "---|" * len(columns))

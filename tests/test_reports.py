@@ -26,7 +26,7 @@ def _entry(seed: int = 0) -> dict:
                    title="Table 1: accuracy after token ablation (%)")
     recorder.table("figure1", [{"order": 10 * p + s, "padding": p, "scale": s, "value": 0.1 * (1 + p + s),
                                 "std": 0.01} for p in range(2) for s in range(3)],
-                   title="Figure 1", figure="heatmap")
+                   title="Figure 1", figure={"kind": "heatmap", "x": "scale", "y": "padding", "std": "std"})
     return {"nodeid": "claims/test_x.py::test_y[tiny_llava]", "profile": "tiny_llava", "title": "A claim",
             "finding": "A claim.\n\nWith a finding.", "reference": "Table 1", "outcome": "passed",
             "measurements": [v for k, v in props if k == "vlm_measurement"],
