@@ -56,15 +56,18 @@ def run_prefix(adapter, inputs: dict) -> Prefix:
 # ----- attention knockout ---------------------------------------------------------------------------
 
 
+def consecutive_groups(n_layers: int, size: int) -> dict[str, set[int]]:
+    """Non-overlapping groups of `size` consecutive layers (the last may be shorter), by name."""
+    return {f"layers {start}-{min(start + size, n_layers) - 1}": set(range(start, min(start + size, n_layers)))
+            for start in range(0, n_layers, size)}
+
+
 def layer_groups(n_layers: int, sizes: list[int]) -> dict[str, set[int]]:
-    """Consecutive, non-overlapping groups of each size (the last may be shorter), single layers, and all."""
+    """Every knockout condition of Figures 3 and 12: groups of each size, single layers, all layers."""
     groups: dict[str, set[int]] = {}
     for size in sizes:
-        for start in range(0, n_layers, size):
-            stop = min(start + size, n_layers)
-            groups[f"layers {start}-{stop - 1}"] = set(range(start, stop))
-    for layer in range(n_layers):
-        groups[f"layer {layer}"] = {layer}
+        groups.update(consecutive_groups(n_layers, size))
+    groups.update({f"layer {layer}": {layer} for layer in range(n_layers)})
     groups["all layers"] = set(range(n_layers))
     return groups
 

@@ -80,7 +80,7 @@ def statistic_measurement(name: str, statistic, arrays, seed: int, n_boot: int =
     """Any statistic of per-sample arrays measured on the same samples (e.g. a ratio of means), with a
     paired percentile bootstrap: every resample draws the same objects for all arrays."""
     arrays = [np.asarray(a, dtype=float) for a in arrays]
-    n = arrays[0].size
+    n = len(arrays[0])  # samples run along the first axis (an array may carry more axes per sample)
     if any(a.shape != arrays[0].shape for a in arrays):
         raise ValueError(f"{name}: paired arrays need equal shapes")
     if n == 0:
