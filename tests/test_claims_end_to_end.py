@@ -77,6 +77,22 @@ def test_every_token_intervention_claim_fails_on_an_untrained_model(untrained_ch
         assert entry["measurements"], entry["nodeid"]
 
 
+CIRCUIT_CLAIMS = ["claims/test_head_mediation.py::test_mediation_is_concentrated_in_a_few_heads",
+                  "claims/test_cumulative_head_ablation.py", "claims/test_attention_knockout.py"]
+
+
+def test_circuit_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_path):
+    """Random weights: MF sparsity, the critical-head claims and the knockout claims all fail, by a margin."""
+    proc, reports = run_claims(*CIRCUIT_CLAIMS, "-m", "tiny_llava", "--model-path", str(untrained_checkpoint),
+                               "--max-samples", "8", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    entries = load_report(reports, "tiny_llava")["claims"]
+    assert len(entries) == 6
+    for entry in entries:
+        assert entry["outcome"] == "failed", entry["nodeid"]
+        assert any(not e["passed"] for e in entry["expectations"]), entry["nodeid"]
+
+
 def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
     """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
     serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "32",
