@@ -1,6 +1,6 @@
 """Benchmark: the circuit sweeps, fast path vs naive loops vs nnsight, in one process on the same pairs.
 
-    python benchmarks/circuits.py [--pairs 4] [--knockout-samples 4]
+    python benchmarks/circuits.py [--pairs 4] [--knockout-samples 4] [--real-geometry]
 
 Head mediation (every head of the LM, both tasks): (a) a naive loop, one full forward per patched head;
 (b) the same sweep written with nnsight; (c) ours (prefix KV cache reused, heads batched). Prints the
@@ -36,9 +36,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--knockout-samples", type=int, default=4)
     parser.add_argument("--model-path", default=str(REPO_ROOT / "fixtures/models/tiny-llava"))
+    parser.add_argument("--real-geometry", action="store_true",
+                        help="time a random-init LLaVA with LLaVA-1.5's 576-token image instead (speed only)")
     args = parser.parse_args()
 
     path = Path(args.model_path)
+    if args.real_geometry:
+        import tempfile
+
+        from mechanisms.models.tiny_llava import save_random_real_geometry
+
+        path = save_random_real_geometry(Path(tempfile.mkdtemp()) / "llava-336", hidden=128, layers=6)
     profile = load_profiles()["tiny_llava"]
     vlm = VLM(profile, load_llava(path, torch.float32, "cpu"), path, fingerprint_checkpoint(path))
     dataset = resolve_dataset("synthetic")

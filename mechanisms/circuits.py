@@ -8,7 +8,6 @@ question, the teacher-forced answer or the generated tokens) runs per variant, m
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -34,8 +33,14 @@ class Prefix:
     image_positions: torch.Tensor
 
     def cache_for(self, rows: int):
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(rows)
+        """A cache for `rows` variants: broadcast views of the prefix keys/values (no copies; the model
+        concatenates new positions into fresh tensors, so the prefix itself is never written)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for index, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.expand(rows, *layer.keys.shape[1:]),
+                         layer.values.expand(rows, *layer.values.shape[1:]), index)
         return cache
 
 

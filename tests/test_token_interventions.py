@@ -461,39 +461,11 @@ PATCH = 14
 @pytest.fixture(scope="module")
 def real_geometry_llava(tmp_path_factory):
     """A tiny random LLaVA with LLaVA-1.5's geometry (336 px, patch 14, 24x24), saved like a llava-hf
-    checkpoint and loaded through `load_llava` (same recipe as tests/test_llava_adapter.py)."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
+    checkpoint and loaded through `load_llava`."""
     from mechanisms.adapters.llava import load_llava
-    from mechanisms.models.tiny_llava import CHAT_TEMPLATE, CLIP_MEAN, CLIP_STD, build_tokenizer
+    from mechanisms.models.tiny_llava import save_random_real_geometry
 
-    tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=336, patch_size=PATCH)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                       pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         image_seq_length=24 * 24)
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
-    clip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    processor = LlavaProcessor(image_processor=clip, tokenizer=tokenizer, patch_size=PATCH,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=CHAT_TEMPLATE)
-    folder = tmp_path_factory.mktemp("llava-336-interventions")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = save_random_real_geometry(tmp_path_factory.mktemp("llava-336-interventions"), seed=0)
     return load_llava(folder, torch.float32, "cpu")
 
 

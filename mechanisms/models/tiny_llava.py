@@ -153,3 +153,30 @@ def save_untrained(out, seed: int = 0):
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
     return out
+
+
+def save_random_real_geometry(out, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A random-init LLaVA with LLaVA-1.5's real geometry (CLIP 336 px / patch 14 -> 24x24 = 576 tokens,
+    penultimate-layer features, GQA LM) saved like a llava-hf checkpoint, i.e. with the centre-cropping
+    CLIP image processor llava-hf ships: tests and benchmarks use it where the image geometry matters."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    tokenizer = build_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=336, patch_size=14)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    clip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = LlavaProcessor(image_processor=clip, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
