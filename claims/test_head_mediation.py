@@ -31,7 +31,8 @@ def _both(vlm, dataset, claim):
         rows = [{"order": l * 1000 + h, "layer": l, "head": h, "value": round(float(v), 4)}
                 for (l, h), v in np.ndenumerate(result.mean_mf)]
         claim.table(f"figure4_{task}", rows, title=f"Figure 4: mean mediation fraction per head ({task})",
-                    figure={"kind": "heatmap", "x": "head", "y": "layer", "value": "value", "cmap": "RdBu_r"})
+                    figure={"kind": "heatmap", "x": "head", "y": "layer", "value": "value", "cmap": "RdBu_r",
+                                "centered": True})
     return results
 
 

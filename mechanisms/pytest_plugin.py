@@ -183,7 +183,9 @@ def _describe_claim(item: pytest.Item) -> dict:
     lines = doc.splitlines()
     reference = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Paper:")), "")
     finding = "\n".join(ln for ln in lines if not ln.startswith("Paper:")).strip()
-    return {"title": lines[0].rstrip(".") if lines else item.name, "finding": finding, "reference": reference}
+    first_paragraph = " ".join(doc.split("\n\n")[0].split()) if doc else item.name
+    title = first_paragraph.split(". ")[0].rstrip(".")
+    return {"title": title, "finding": finding, "reference": reference}
 
 
 @pytest.hookimpl(wrapper=True)

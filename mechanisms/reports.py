@@ -120,6 +120,8 @@ def figure_png(table: dict) -> bytes:
         finite = values[np.isfinite(values)]
         low = min(0.0, float(finite.min())) if finite.size else 0.0
         high = max(1e-9, float(finite.max())) if finite.size else 1.0
+        if spec.get("centered"):  # diverging values (e.g. MF): zero in the middle of the colour scale
+            low, high = -max(abs(low), high), max(abs(low), high)
         image = ax.imshow(values, cmap=spec.get("cmap", "Blues"), vmin=low, vmax=high, aspect="auto")
         if len(xs) * len(ys) <= 64:
             for i in range(len(ys)):
