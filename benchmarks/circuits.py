@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--model-path", default=str(REPO_ROOT / "fixtures/models/tiny-llava"))
     parser.add_argument("--real-geometry", action="store_true",
                         help="time a random-init LLaVA with LLaVA-1.5's 576-token image instead (speed only)")
+    parser.add_argument("--heads", type=int, default=4, help="with --real-geometry: query heads per layer")
+    parser.add_argument("--layers", type=int, default=6, help="with --real-geometry: LM layers")
     args = parser.parse_args()
 
     path = Path(args.model_path)
@@ -46,7 +48,8 @@ def main() -> None:
 
         from mechanisms.models.tiny_llava import save_random_real_geometry
 
-        path = save_random_real_geometry(Path(tempfile.mkdtemp()) / "llava-336", hidden=128, layers=6)
+        path = save_random_real_geometry(Path(tempfile.mkdtemp()) / "llava-336", hidden=32 * args.heads,
+                                         layers=args.layers, heads=args.heads)
     profile = load_profiles()["tiny_llava"]
     vlm = VLM(profile, load_llava(path, torch.float32, "cpu"), path, fingerprint_checkpoint(path))
     dataset = resolve_dataset("synthetic")

@@ -155,7 +155,7 @@ def save_untrained(out, seed: int = 0):
     return out
 
 
-def save_random_real_geometry(out, seed: int = 0, hidden: int = 32, layers: int = 2):
+def save_random_real_geometry(out, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4):
     """A random-init LLaVA with LLaVA-1.5's real geometry (CLIP 336 px / patch 14 -> 24x24 = 576 tokens,
     penultimate-layer features, GQA LM) saved like a llava-hf checkpoint, i.e. with the centre-cropping
     CLIP image processor llava-hf ships: tests and benchmarks use it where the image geometry matters."""
@@ -165,7 +165,7 @@ def save_random_real_geometry(out, seed: int = 0, hidden: int = 32, layers: int 
     vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                               num_attention_heads=2, image_size=336, patch_size=14)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                        max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
