@@ -46,6 +46,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--reference-images", dest="vlm_reference_images", default=None, metavar="DIR",
                     help="images whose mean visual token replaces ablated tokens (the paper: ImageNet val); "
                          "default: a synthetic pool, 'synthetic:777:100'")
+    group.addoption("--probe-train", dest="vlm_probe_train", default=None, metavar="DIR",
+                    help="images to train positional probes on (default: the profile's synthetic set)")
+    group.addoption("--probe-test", dest="vlm_probe_test", default=None, metavar="DIR",
+                    help="held-out images to evaluate positional probes on")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 

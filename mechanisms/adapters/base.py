@@ -88,6 +88,10 @@ class ModelAdapter(ABC):
             raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
         return list(flat.split(counts))
 
+    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
+        """(states per vision layer [n_views, rows*cols, d], rows, cols) of the vision backbone's patch grid."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its vision backbone's layers yet")
+
     def visual_inputs(self, features: list[torch.Tensor]) -> dict:
         """Keywords for the model's forward/generate that supply visual tokens instead of pixels."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling

@@ -24,6 +24,12 @@ class LlavaAdapter(ModelAdapter):
     def views(self, width: int, height: int) -> list[View]:
         return [pad_to_square_view(width, height, self.grid)]
 
+    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
+        """Every CLIP layer's patch states [n_images, grid*grid, d] (embeddings first, CLS dropped)."""
+        out = self.model.model.vision_tower(pixel_values, output_hidden_states=True)
+        drop_cls = self.model.config.vision_feature_select_strategy == "default"
+        return [h[:, 1:] if drop_cls else h for h in out.hidden_states], self.grid, self.grid
+
     def format_box(self, box: Box, width: int, height: int) -> str:
         view = self.views(width, height)[0]
         u0, v0, u1, v1 = view.box_to_canvas(box)

@@ -1,0 +1,106 @@
+"""Where position lives (§3.2, Figure 2, Figure 11): linear probes read each image token's grid row and
+column from its hidden state, stage by stage: vision backbone layers, the projector output, LM layers.
+
+Accuracy is the mean of the two axes' held-out accuracy (joint accuracy for per-position maps);
+intervals bootstrap over held-out *images* (the tokens of one image are not independent).
+"""
+
+import numpy as np
+
+from mechanisms.probing import corner_mask, probe_study
+
+
+def _study(vlm, request, claim):
+    settings = vlm.profile.claims["probing"]
+    train = request.config.getoption("vlm_probe_train") or settings["train_images"]
+    test = request.config.getoption("vlm_probe_test") or settings["test_images"]
+    study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed)
+    order = {s: i for i, s in enumerate(study.results)}
+    rows = [{"order": order[s], "mode": s, "kind": s.split(".")[0], "value": round(100 * r.accuracy, 2),
+             "row_accuracy": round(100 * r.row_accuracy, 2), "col_accuracy": round(100 * r.col_accuracy, 2)}
+            for s, r in study.results.items()]
+    claim.table("figure2", rows, title="Figure 2: positional decoding accuracy (%) per stage (mean of row/col)",
+                figure={"kind": "lines", "x": "mode", "y": "value", "series": "kind",
+                        "xlabel": "stage (vision layers, projector, LM layers)", "ylabel": "accuracy (%)"})
+    claim.note("probe images", f"train {train}, test {test}, {settings['epochs']} epochs")
+    return study, settings
+
+
+def _heatmap(claim, name, title, result):
+    cells = [{"order": r * 1000 + c, "row": r, "col": c, "value": round(float(v), 4)}
+             for (r, c), v in np.ndenumerate(result.per_position)]
+    claim.table(name, cells, title=title, figure={"kind": "heatmap", "x": "col", "y": "row", "value": "value"})
+
+
+def test_position_is_decodable_early_in_the_backbone_and_fades_with_depth(vlm, dataset, claim, request):
+    """Positional information in the visual backbone is decodable from early layers but largely vanishes
+    by the final layers.
+
+    Paper: §3.2, Figure 2 (left, backbone layers)
+    """
+    study, settings = _study(vlm, request, claim)
+    vision = study.stages("vision.")
+    early = vision[: max(1, len(vision) // 3)]
+    best = max(early, key=lambda s: study.results[s].accuracy)
+    last = vision[-1]
+    for stage in vision:
+        claim.measure(f"accuracy_{stage}", study.results[stage].per_image())
+    claim.note("best early backbone stage", best)
+    early_m = claim.measure(f"early_backbone_best_{best}", study.results[best].per_image())
+    decay = claim.difference(f"decay_{best}_minus_{last}", study.results[best].per_image(),
+                             study.results[last].per_image())
+    claim.expect_at_least(early_m, settings["min_early_backbone_accuracy"], "early backbone layers encode position")
+    claim.expect_at_least(decay, settings["min_backbone_decay"], "positional decodability fades with backbone depth")
+
+
+def test_the_projector_keeps_the_corners(vlm, dataset, claim, request):
+    """The multimodal projection retains strong signals for the four image corners: corner tokens are
+    decoded well above chance and better than the interior.
+
+    Paper: §3.2, Figure 11 (projection)
+    """
+    study, settings = _study(vlm, request, claim)
+    result = study.results["projector"]
+    rows, cols = study.grid("projector")
+    corners = corner_mask(rows, cols)[result.test_rows, result.test_cols]
+    chance = 1.0 / (rows * cols)
+    claim.measure("projector_accuracy", result.per_image())
+    corner = claim.measure("projector_corner_joint_accuracy", result.per_image(corners, joint=True))
+    claim.measure("projector_interior_joint_accuracy", result.per_image(~corners, joint=True))
+    advantage = claim.difference("corner_minus_interior_joint_accuracy", result.per_image(corners, joint=True),
+                                 result.per_image(~corners, joint=True))
+    claim.note("chance (joint)", f"{chance:.4f}")
+    claim.expect_at_least(corner, settings["min_corner_over_chance"] * chance, "corners are decoded well above chance")
+    claim.expect_at_least(advantage, settings["min_corner_advantage"], "corners are decoded better than the interior")
+    _heatmap(claim, "figure11_projector", "Figure 11: joint position accuracy per token at the projector", result)
+    control = claim.measure("shuffled_label_control_accuracy", study.control.per_image())
+    claim.expect_at_most(control, 1.0 / min(rows, cols) + settings["max_control_over_chance"],
+                         "a probe trained on shuffled labels stays at chance (the probe cannot memorize)")
+
+
+def test_the_language_model_rebuilds_position_to_a_peak(vlm, dataset, claim, request):
+    """Within the LM, positional identifiability starts low, rises to a peak layer, and the peak exceeds the
+    projector's level; tokens at row boundaries ("line breaks") are decoded better than other tokens there.
+
+    Paper: §3.2, Figure 2 (LM layers; peak at layer 12 for LLaVA-7B, 13 for LLaVA-13B, 7 for InternVL-8B)
+    """
+    study, settings = _study(vlm, request, claim)
+    llm = study.stages("llm.")
+    peak = max(llm, key=lambda s: study.results[s].accuracy)
+    paper_peak = vlm.profile.paper_value("probing", "peak_llm_layer")
+    claim.note("peak LM layer", f"{int(peak.split('.')[1])} of {len(llm)}"
+               + (f" (paper: {paper_peak})" if paper_peak is not None else ""))
+    for stage in llm:
+        claim.measure(f"accuracy_{stage}", study.results[stage].per_image())
+    gain = claim.difference(f"{peak}_minus_projector", study.results[peak].per_image(),
+                            study.results["projector"].per_image())
+    claim.expect_at_least(gain, settings["min_llm_gain_over_projector"], "the LM's peak exceeds the projector")
+    result = study.results[peak]
+    _, cols = study.grid(peak)
+    line_break = (result.test_cols == 0) | (result.test_cols == cols - 1)
+    advantage = claim.difference("line_break_minus_other_tokens", result.per_image(line_break),
+                                 result.per_image(~line_break))
+    claim.expect_at_least(advantage, settings["min_line_break_advantage"],
+                          "row-boundary tokens are decoded better than the others at the peak layer")
+    _heatmap(claim, "figure11_peak", f"Figure 11: joint position accuracy per token at the peak LM layer ({peak})",
+             result)
