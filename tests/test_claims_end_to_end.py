@@ -93,6 +93,20 @@ def test_circuit_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_pat
         assert any(not e["passed"] for e in entry["expectations"]), entry["nodeid"]
 
 
+def test_positional_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_path):
+    """Random weights (the tower's fixed sin-cos table still carries position everywhere): no decay in the
+    backbone, no corner advantage at the projector, no LM gain: all three probe claims fail."""
+    proc, reports = run_claims("claims/test_positional_decoding.py", "-m", "tiny_llava", "--model-path",
+                               str(untrained_checkpoint), "--probe-train", "synthetic:31:64",
+                               "--probe-test", "synthetic:32:16", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    entries = load_report(reports, "tiny_llava")["claims"]
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry["outcome"] == "failed", entry["nodeid"]
+        assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"]), entry["nodeid"]
+
+
 def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
     """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
     serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "32",
