@@ -81,7 +81,7 @@ def main() -> None:
     groups = layer_groups(layout.n_layers, profile.claims["knockout"]["group_sizes"])
     samples = dataset.samples[: args.knockout_samples]
     for task in ("localization",):
-        vlm._answers.clear()
+        vlm.results.memory.clear()
         fast, t_fast = timed(lambda: knockout_answers(vlm, dataset, samples, task, groups))
         slow, t_slow = timed(lambda: naive_knockout_answers(vlm, dataset, samples, task, groups))
         agree = sum(a == b for name in fast for a, b in zip(fast[name], slow[name]))

@@ -91,29 +91,34 @@ def knockout_answers(vlm, dataset: Dataset, samples: list[ObjectSample], task: s
 
     One prefix per sample; all groups decode together as rows of one batch from copies of its cache.
     """
-    adapter, names = vlm.adapter, ["none", *groups]
-    n_layers = adapter.head_layout().n_layers
+    names = ["none", *groups]
     answers: dict[str, list[str]] = {name: [] for name in names}
     for sample in samples:
-        key = ("knockout", dataset.fingerprint, task, padding, sample.annotation_id, tuple(names))
-        if key not in vlm._answers:
-            inputs = adapter.encode([dataset.image(sample)], [_question(dataset, sample, task)])
-            prefix = run_prefix(adapter, inputs)
-            selected = object_tokens(adapter.views(sample.width, sample.height), dataset.mask(sample), padding)
-            keys = prefix.image_positions[torch.as_tensor(selected, device=prefix.image_positions.device)]
-            seq = prefix.inputs["input_ids"]
-            spec = spec_for_rows(len(names), keys.cpu(), seq.shape[1], prefix.end,
-                                 [set()] + [groups[n] for n in names[1:]], n_layers)
-            with knocking_out(adapter, spec):
-                out = adapter.model.generate(
-                    input_ids=seq.expand(len(names), -1), attention_mask=prefix.inputs["attention_mask"].expand(
-                        len(names), -1), cache=prefix.cache_for(len(names)), do_sample=False,
-                    max_new_tokens=TASK_PROMPTS[task][1], pad_token_id=adapter.tokenizer.pad_token_id)
-            texts = adapter.tokenizer.batch_decode(out[:, seq.shape[1]:], skip_special_tokens=True)
-            vlm._answers[key] = [t.strip() for t in texts]
-        for name, text in zip(names, vlm._answers[key]):
+        key = ("knockout", dataset.fingerprint, task, padding, sample.annotation_id, tuple(names),
+               tuple(tuple(sorted(groups[n])) for n in names[1:]))
+        texts = vlm.memo(key, lambda sample=sample: _knockout_one(vlm, dataset, sample, task, groups, names, padding))
+        for name, text in zip(names, texts):
             answers[name].append(text)
     return answers
+
+
+@torch.no_grad()
+def _knockout_one(vlm, dataset, sample, task, groups, names, padding) -> list[str]:
+    adapter = vlm.adapter
+    n_layers = adapter.head_layout().n_layers
+    inputs = adapter.encode([dataset.image(sample)], [_question(dataset, sample, task)])
+    prefix = run_prefix(adapter, inputs)
+    selected = object_tokens(adapter.views(sample.width, sample.height), dataset.mask(sample), padding)
+    keys = prefix.image_positions[torch.as_tensor(selected, device=prefix.image_positions.device)]
+    seq = prefix.inputs["input_ids"]
+    spec = spec_for_rows(len(names), keys.cpu(), seq.shape[1], prefix.end,
+                         [set()] + [groups[n] for n in names[1:]], n_layers)
+    with knocking_out(adapter, spec):
+        out = adapter.model.generate(
+            input_ids=seq.expand(len(names), -1), attention_mask=prefix.inputs["attention_mask"].expand(
+                len(names), -1), cache=prefix.cache_for(len(names)), do_sample=False,
+            max_new_tokens=TASK_PROMPTS[task][1], pad_token_id=adapter.tokenizer.pad_token_id)
+    return [t.strip() for t in adapter.tokenizer.batch_decode(out[:, seq.shape[1]:], skip_special_tokens=True)]
 
 
 # ----- head-level causal mediation -----------------------------------------------------------------
@@ -224,10 +229,12 @@ def mediation(vlm, dataset: Dataset, samples: list[ObjectSample], task: str, min
     """MF = (P_base - P_patched) / (P_base - P_src) per head, averaged over pairs with
     P_base - P_src >= min_relative_gap * P_src (a smaller gap makes the ratio noise)."""
     key = ("mediation", dataset.fingerprint, task, min_relative_gap, tuple(s.annotation_id for s in samples))
-    if key not in vlm._answers:
+
+    def compute() -> Mediation:
         kept, excluded, fractions = [], [], []
         for sample in samples:
-            pair = mediate_pair(vlm, dataset, sample, task, batch_size)
+            pair = vlm.memo(("mediation-pair", dataset.fingerprint, task, sample.annotation_id),
+                            lambda sample=sample: mediate_pair(vlm, dataset, sample, task, batch_size))
             if pair.p_base - pair.p_source < min_relative_gap * pair.p_source:
                 excluded.append(sample.annotation_id)
                 continue
@@ -236,8 +243,9 @@ def mediation(vlm, dataset: Dataset, samples: list[ObjectSample], task: str, min
         layout = vlm.adapter.head_layout()
         per_pair = np.asarray(fractions) if fractions else np.zeros((0, layout.n_layers, layout.n_query_heads))
         mean = per_pair.mean(0) if len(per_pair) else np.full((layout.n_layers, layout.n_query_heads), math.nan)
-        vlm._answers[key] = Mediation(task, mean, per_pair, kept, excluded)
-    return vlm._answers[key]
+        return Mediation(task, mean, per_pair, kept, excluded)
+
+    return vlm.memo(key, compute)
 
 
 def gini(values: np.ndarray) -> float:
@@ -264,12 +272,14 @@ def top_share(values: np.ndarray, fraction: float) -> float:
 def answers_with_heads_ablated(vlm, dataset: Dataset, samples: list[ObjectSample], heads: list[Head],
                                label: str) -> list[str]:
     """Box answers with the listed heads zeroed at every position (the prefix changes: no reuse)."""
-    key = ("head-ablation", dataset.fingerprint, label, tuple(sorted(heads)), tuple(s.annotation_id for s in samples))
-    if key not in vlm._answers:
+    key = ("head-ablation", dataset.fingerprint, tuple(sorted(heads)), tuple(s.annotation_id for s in samples))
+
+    def compute() -> list[str]:
         with ablating_heads(vlm.adapter, heads):
-            vlm._answers[key] = vlm.generator.generate([dataset.image(s) for s in samples],
-                                                       [box_prompt(s.category) for s in samples], 40)
-    return vlm._answers[key]
+            return vlm.generator.generate([dataset.image(s) for s in samples],
+                                          [box_prompt(s.category) for s in samples], 40)
+
+    return vlm.memo(key, compute)
 
 
 def normalized_auc(fractions: list[float], accuracies: list[float]) -> float:

@@ -247,7 +247,8 @@ def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images:
     from mechanisms.interventions.reference import reference_images
 
     key = ("probe-study", train_spec, test_spec, epochs, chunk_images, seed)
-    if key not in vlm._answers:
+
+    def compute() -> ProbeStudy:
         extractions = []
         for spec in (train_spec, test_spec):
             loaders, fingerprint = reference_images(spec)
@@ -260,5 +261,6 @@ def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images:
             results[stage] = train_probe(train, test, stage, rows, cols, epochs=epochs, seed=seed)
         rows, cols = _grid_of(train, "projector")
         control = train_probe(train, test, "projector", rows, cols, epochs=epochs, seed=seed, shuffle_labels=True)
-        vlm._answers[key] = ProbeStudy(results, control)
-    return vlm._answers[key]
+        return ProbeStudy(results, control)
+
+    return vlm.memo(key, compute)

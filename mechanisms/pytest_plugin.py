@@ -50,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="images to train positional probes on (default: the profile's synthetic set)")
     group.addoption("--probe-test", dest="vlm_probe_test", default=None, metavar="DIR",
                     help="held-out images to evaluate positional probes on")
+    group.addoption("--result-cache", dest="vlm_result_cache", default=None, metavar="DIR",
+                    help="where finished measurements are kept so a rerun resumes (default: .cache/results)")
+    group.addoption("--no-result-cache", dest="vlm_no_result_cache", action="store_true",
+                    help="measure everything afresh and keep nothing on disk")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 
@@ -225,9 +229,15 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
         else:
             from mechanisms.interventions.reference import DEFAULT_REFERENCE
 
+            from mechanisms.cache import ResultCache
+            from mechanisms.data import cache_root
+
             reference = request.config.getoption("vlm_reference_images") or DEFAULT_REFERENCE
-            _MODELS[key] = VLM(profile, adapter, checkpoint, fingerprint_checkpoint(checkpoint), device,
-                               reference_images=reference)
+            fingerprint = fingerprint_checkpoint(checkpoint)
+            root = None if request.config.getoption("vlm_no_result_cache") else Path(
+                request.config.getoption("vlm_result_cache") or cache_root() / "results")
+            _MODELS[key] = VLM(profile, adapter, checkpoint, fingerprint, device, reference_images=reference,
+                               results=ResultCache(root, fingerprint))
     loaded = _MODELS[key]
     if isinstance(loaded, Exception):
         pytest.skip(str(loaded))

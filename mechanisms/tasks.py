@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mechanisms.adapters.base import ModelAdapter
+from mechanisms.cache import MISSING, ResultCache
 from mechanisms.data.dataset import Dataset, ObjectSample
 from mechanisms.evaluation import (
     Generator,
@@ -42,9 +43,17 @@ class VLM:
     fingerprint: str
     device: str = "cpu"
     reference_images: str = DEFAULT_REFERENCE
-    _answers: dict = field(default_factory=dict, repr=False)
+    results: ResultCache | None = field(default=None, repr=False)
     _mean: torch.Tensor | None = field(default=None, repr=False)
     _changed: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.results is None:  # in memory only; the pytest plugin passes a disk-backed cache
+            self.results = ResultCache(None, self.fingerprint)
+
+    def memo(self, key: tuple, compute):
+        """A measurement computed once per (model, code version, key): from the result cache if there."""
+        return self.results.get_or_compute(key, compute)
 
     @property
     def generator(self) -> Generator:
@@ -73,27 +82,47 @@ class VLM:
 
     def ask_under(self, key: tuple, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
                   kind: str, conditions: list[Condition | None], counterfactual: bool = False) -> dict:
-        """Answers per condition name, memoized under `key`; conditions not yet asked run together,
-        sharing each image's visual tokens, with images loaded chunk by chunk."""
-        keys = {_name(c): (dataset.fingerprint, kind, counterfactual, _name(c)) + key for c in conditions}
-        todo = [c for c in conditions if keys[_name(c)] not in self._answers]
-        if todo:
-            mean = self.mean_visual_embedding() if any(c is not None for c in todo) else None
-            answers: dict[str, list[str]] = {_name(c): [] for c in todo}
-            generator = self.generator
-            load = dataset.counterfactual if counterfactual else dataset.image
-            changed: dict[str, dict[int, float]] = {_name(c): {} for c in todo}
-            for start in range(0, len(samples), CHUNK):
-                chunk = samples[start:start + CHUNK]
-                makers = {_name(c): _edit_maker(self.adapter, chunk, c, changed[_name(c)]) for c in todo}
-                out = generator.generate_conditions([load(s) for s in chunk], questions[start:start + CHUNK],
-                                                    MAX_NEW_TOKENS[kind], makers, mean)
-                for name, texts in out.items():
-                    answers[name] += texts
-            for c in todo:
-                self._answers[keys[_name(c)]] = answers[_name(c)]
-                self._changed.update({(_name(c), a): f for a, f in changed[_name(c)].items()})
-        return {name: self._answers[k] for name, k in keys.items()}
+        """Answers per condition name. Work is cached per (condition, chunk of samples), on disk when the
+        run has a result cache: a chunk's missing conditions run together, sharing each image's visual
+        tokens, so an interrupted run redoes at most the chunk it was in."""
+        del key  # the samples themselves key the cache
+        answers: dict[str, list[str]] = {_name(c): [] for c in conditions}
+        load = dataset.counterfactual if counterfactual else dataset.image
+        for start in range(0, len(samples), CHUNK):
+            chunk, chunk_questions = samples[start:start + CHUNK], questions[start:start + CHUNK]
+            keys = {_name(c): self._chunk_key(dataset, kind, counterfactual, c, chunk) for c in conditions}
+            found = {n: self.results.get(k) for n, k in keys.items()}
+            missing = [c for c in conditions if found[_name(c)] is MISSING]
+            if missing:
+                group = ("chunk", dataset.fingerprint, kind, counterfactual, tuple(s.annotation_id for s in chunk))
+                with self.results.lock(group):
+                    found.update({n: self.results.get(keys[n]) for n in found})
+                    missing = [c for c in conditions if found[_name(c)] is MISSING]
+                    if missing:
+                        found.update(self._generate(chunk, chunk_questions, kind, missing, load, keys))
+            for name in answers:
+                texts, changed = found[name]
+                answers[name] += texts
+                self._changed.update({(name, a): f for a, f in changed.items()})
+        return answers
+
+    def _chunk_key(self, dataset, kind, counterfactual, condition, chunk) -> tuple:
+        reference = None if condition is None else self.reference_images
+        return ("answers", dataset.fingerprint, kind, counterfactual, _name(condition), reference,
+                MAX_NEW_TOKENS[kind], tuple(s.annotation_id for s in chunk))
+
+    def _generate(self, chunk, questions, kind, conditions, load, keys) -> dict:
+        mean = self.mean_visual_embedding() if any(c is not None for c in conditions) else None
+        changed: dict[str, dict[int, float]] = {_name(c): {} for c in conditions}
+        makers = {_name(c): _edit_maker(self.adapter, chunk, c, changed[_name(c)]) for c in conditions}
+        out = self.generator.generate_conditions([load(s) for s in chunk], questions, MAX_NEW_TOKENS[kind],
+                                                 makers, mean)
+        results = {}
+        for name, texts in out.items():
+            results[name] = (texts, changed[name])
+            self.results.put(keys[name], results[name])
+        self.results.misses += 1
+        return results
 
     def changed_fraction(self, condition: Condition | None, samples: list[ObjectSample]) -> np.ndarray:
         """Per sample, the fraction of its image tokens the condition changed (Table 1's `Token (%)`)."""

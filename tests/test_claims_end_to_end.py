@@ -24,13 +24,23 @@ CLAIM_FILES = sorted(p.name for p in (REPO / "claims").glob("test_*.py"))
 
 def run_claims(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
     report_dir = tmp_path / "reports"
+    cmd = claims_command(report_dir, tmp_path / "results", *args)
+    proc = subprocess.run(cmd, cwd=REPO, env=claims_env(tmp_path), capture_output=True, text=True, timeout=900)
+    return proc, report_dir
+
+
+def claims_command(report_dir: Path, result_cache: Path, *args: str) -> list[str]:
+    """Each run gets its own result cache, so no test reads another run's measurements by accident."""
+    return [sys.executable, "-m", "pytest", "-p", "no:randomly", "--report-dir", str(report_dir),
+            "--result-cache", str(result_cache), *args]
+
+
+def claims_env(tmp_path: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
            "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("VLM_MECHANISMS_LLAVA7B_PATH", None)
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:randomly", "--report-dir", str(report_dir), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    return proc, report_dir
+    return env
 
 
 def load_report(report_dir: Path, profile: str) -> dict:
@@ -142,3 +152,51 @@ def test_model_path_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):
     proc, _ = run_claims("claims", "-m", "tiny_llava", "--model-path", str(not_a_checkpoint), tmp_path=tmp_path)
     assert proc.returncode == 4
     assert "is not a checkpoint" in proc.stderr + proc.stdout
+
+
+RESUME_CLAIMS = ["claims/test_baseline_competence.py", "claims/test_hallucination_control.py",
+                 "-m", "tiny_llava", "--max-samples", "24"]
+
+
+def test_a_killed_run_resumes_without_recomputing_and_reports_the_same(tmp_path):
+    """SIGKILL a claims run once its first measurements are on disk; the rerun reuses them (files untouched)
+    and its report equals an uninterrupted run's."""
+    import signal
+    import time
+
+    reference, reference_dir = run_claims(*RESUME_CLAIMS, tmp_path=tmp_path / "uninterrupted")
+    assert reference.returncode in (0, 1), reference.stdout[-3000:]
+
+    run = tmp_path / "killed"
+    cache = run / "results"
+    cmd = claims_command(run / "reports", cache, *RESUME_CLAIMS)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=claims_env(run), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not list(cache.rglob("*.pkl")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pkl")}
+    assert finished and not (run / "reports" / "tiny_llava" / "report.json").exists()
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=claims_env(run), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == reference.returncode, resumed.stdout[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not recomputed
+    assert len(list(cache.rglob("*.pkl"))) > len(finished)  # the rest was computed after the restart
+    assert load_report(run / "reports", "tiny_llava")["claims"] == load_report(reference_dir, "tiny_llava")["claims"]
+
+
+def test_a_truncated_cache_entry_is_recomputed_without_error(tmp_path):
+    from mechanisms.cache import MISSING, ResultCache
+
+    cache = ResultCache(tmp_path, "model")
+    assert cache.get_or_compute(("k", 1), lambda: [1, 2, 3]) == [1, 2, 3]
+    (entry,) = list(tmp_path.rglob("*.pkl"))
+    entry.write_bytes(entry.read_bytes()[:-5])
+    fresh = ResultCache(tmp_path, "model")
+    assert fresh.get(("k", 1)) is MISSING and fresh.recovered == 1
+    assert fresh.get_or_compute(("k", 1), lambda: [1, 2, 3]) == [1, 2, 3]
+    assert ResultCache(tmp_path, "model").get(("k", 1)) == [1, 2, 3]
+    assert ResultCache(tmp_path, "other-model").get(("k", 1)) is MISSING

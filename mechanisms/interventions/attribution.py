@@ -53,13 +53,11 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], tas
     """Per-sample token scores (|IG attribution|, one per image token), memoized on the VLM."""
     from captum.attr import IntegratedGradients
 
-    key = ("integrated-gradients", dataset.fingerprint, task, n_steps)
-    cache = vlm._answers.setdefault(key, {})
-    adapter, mean = vlm.adapter, vlm.mean_visual_embedding()
+    adapter = vlm.adapter
     device = next(adapter.model.parameters()).device
-    for sample in samples:
-        if sample.annotation_id in cache:
-            continue
+
+    def compute(sample: ObjectSample) -> np.ndarray:
+        mean = vlm.mean_visual_embedding()
         question, answer = answer_target(vlm, dataset, sample, task)
         inputs, span = adapter.encode_with_answer(dataset.image(sample), question, answer)
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -73,5 +71,8 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], tas
         attributions = IntegratedGradients(target).attribute(
             features[None], baselines=mean.to(features.dtype)[None, None].expand_as(features[None]),
             n_steps=n_steps, internal_batch_size=n_steps)
-        cache[sample.annotation_id] = attributions[0].float().sum(-1).abs().detach().cpu().numpy()
-    return {s.annotation_id: cache[s.annotation_id] for s in samples}
+        return attributions[0].float().sum(-1).abs().detach().cpu().numpy()
+
+    return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, task, n_steps,
+                                       vlm.reference_images, s.annotation_id), lambda s=s: compute(s))
+            for s in samples}
