@@ -42,7 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="measure at most N objects per claim (a seeded subset)")
     group.addoption("--report-dir", dest="vlm_report_dir", default="reports", metavar="DIR",
                     help="where reports/<profile>/report.json and REPORT.md are written")
-    group.addoption("--device", dest="vlm_device", default="cpu", help="torch device for the models")
+    group.addoption("--device", dest="vlm_device", default="cpu",
+                    help="torch device for the models: cpu, cuda (under xdist each worker takes its own GPU), "
+                         "cuda:N, or auto (one model spread over all GPUs with accelerate's device_map)")
+    group.addoption("--shard", dest="vlm_shard", default=None, metavar="I/N",
+                    help="run only the I-th of N equal shares of the claims (merge the reports with "
+                         "python -m mechanisms.compare --merge)")
     group.addoption("--reference-images", dest="vlm_reference_images", default=None, metavar="DIR",
                     help="images whose mean visual token replaces ablated tokens (the paper: ImageNet val); "
                          "default: a synthetic pool, 'synthetic:777:100'")
@@ -177,7 +182,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                          for name, p in PROFILES.items()])
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _worker_device(config: pytest.Config) -> str:
+    """`cuda` under xdist pins worker gwK to GPU K mod the GPU count, so each worker loads onto its own."""
+    device = config.getoption("vlm_device")
+    workerinput = getattr(config, "workerinput", None)
+    if device == "cuda" and workerinput is not None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:
+            return f"cuda:{int(workerinput['workerid'].removeprefix('gw')) % count}"
+    return device
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, total = value.partition("/")
+    if not sep or not index.isdigit() or not total.isdigit() or not 1 <= int(index) <= int(total):
+        raise pytest.UsageError(f"--shard {value}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(index), int(total)
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k selection, so shards split what would actually run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = _parse_shard(config.getoption("vlm_shard"))
+    if shard is not None:  # deterministic: the same claims land in the same shard on every machine
+        index, total = shard
+        ordered = sorted(item.nodeid for item in items)
+        mine = {nodeid for i, nodeid in enumerate(ordered) if i % total == index - 1}
+        deselected = [item for item in items if item.nodeid not in mine]
+        items[:] = [item for item in items if item.nodeid in mine]
+        config.hook.pytest_deselected(items=deselected)
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or "profile" not in callspec.params:
@@ -218,7 +254,7 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
 
     paths = request.config._vlm_model_paths
     explicit = paths.get(profile.name, paths.get(None))
-    device = request.config.getoption("vlm_device")
+    device = _worker_device(request.config)
     key = (profile.name, explicit, device)
     if key not in _MODELS:
         try:

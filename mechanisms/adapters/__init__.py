@@ -17,6 +17,8 @@ class FamilyNotSupported(LookupError):
 
 
 def load_adapter(family: str, path: Path, dtype: torch.dtype, device: str) -> ModelAdapter:
+    """`device` is a torch device, or "auto" to spread a model too large for one device over all of them
+    (transformers' `device_map="auto"`, which needs accelerate)."""
     if family not in LOADERS:
         raise FamilyNotSupported(f"the {family!r} model family has no adapter yet "
                                  f"(available: {', '.join(sorted(LOADERS))})")

@@ -68,7 +68,10 @@ def load_llava(path, dtype: torch.dtype, device: str | torch.device) -> LlavaAda
     """
     from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessor
 
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    if str(device) == "auto":  # too large for one device: let accelerate place the layers
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map="auto").eval()
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
     current = processor.image_processor
     if not (isinstance(current, LlavaImageProcessor) and getattr(current, "do_pad", False)):

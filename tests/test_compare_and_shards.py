@@ -1,0 +1,72 @@
+"""Regression across checkpoints and sharded runs, end to end (`pytest claims` in subprocesses).
+
+- two runs of the same checkpoint compare clean (exit 0); a checkpoint with heads zeroed is flagged
+  (exit 1) with the claim that regressed and the effect sizes that moved;
+- `--shard 1/2` + `--shard 2/2`, merged, equal the unsharded report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mechanisms.compare import compare_reports, main, merge_reports
+from tests.test_claims_end_to_end import REPO, load_report, run_claims
+
+BASELINE = ["claims/test_baseline_competence.py", "-m", "tiny_llava", "--max-samples", "200"]
+
+
+def _zero_heads(source, target, layers=(0, 1, 2)):
+    """A planted regression: the shipped checkpoint with every head of some LM layers zeroed (W_O columns)."""
+    shutil.copytree(source, target)
+    weights_file = next(target.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    for layer in layers:
+        name = next(k for k in weights if k.endswith(f"layers.{layer}.self_attn.o_proj.weight"))
+        weights[name] = torch.zeros_like(weights[name])
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    return target
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    proc, folder = run_claims(*BASELINE, tmp_path=tmp_path_factory.mktemp("reference"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return folder / "tiny_llava" / "report.json"
+
+
+def test_identical_runs_compare_clean(reference, tmp_path):
+    proc, folder = run_claims(*BASELINE, tmp_path=tmp_path)
+    assert proc.returncode == 0
+    assert main([str(reference), str(folder / "tiny_llava" / "report.json")]) == 0
+    comparison = compare_reports(json.loads(reference.read_text()), load_report(folder, "tiny_llava"))
+    assert not comparison.regressions and not comparison.moved and comparison.unchanged > 0
+
+
+def test_a_checkpoint_with_heads_zeroed_is_flagged(reference, tmp_path):
+    broken = _zero_heads(REPO / "fixtures/models/tiny-llava", tmp_path / "broken")
+    proc, folder = run_claims(*BASELINE, "--model-path", str(broken), tmp_path=tmp_path)
+    assert proc.returncode == 1
+    out = tmp_path / "diff.md"
+    assert main([str(reference), str(folder / "tiny_llava" / "report.json"), "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "REGRESSION" in text and "test_model_localizes_and_classifies_objects" in text
+    assert "localization_score" in text  # the effect size that moved, with both intervals
+
+
+def test_shards_merge_into_the_unsharded_report(tmp_path):
+    claims = ["claims/test_baseline_competence.py", "claims/test_hallucination_control.py",
+              "-m", "tiny_llava", "--max-samples", "24"]
+    whole, whole_dir = run_claims(*claims, tmp_path=tmp_path / "whole")
+    parts = []
+    for index in (1, 2):
+        proc, folder = run_claims(*claims, "--shard", f"{index}/2", tmp_path=tmp_path / f"shard{index}")
+        assert proc.returncode in (0, 1), proc.stdout[-3000:]
+        parts.append(load_report(folder, "tiny_llava"))
+    assert all(len(p["claims"]) == 1 for p in parts)
+    merged = merge_reports(parts)
+    assert merged["claims"] == load_report(whole_dir, "tiny_llava")["claims"]
