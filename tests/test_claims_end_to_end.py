@@ -117,7 +117,20 @@ def test_positional_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_
         assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"]), entry["nodeid"]
 
 
-def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
+def rounded_report(report: dict) -> str:
+    """The report's verdicts and effect sizes at two decimals (noise below the reported precision
+    does not churn the snapshot)."""
+    lines = []
+    for entry in report["claims"]:
+        lines.append(f"{entry['nodeid'].split('::')[-1]}: {entry['outcome']}")
+        for m in entry["measurements"]:
+            values = [m["value"], m["ci_low"], m["ci_high"]]
+            shown = ["nan" if v is None or v != v else f"{v + 0.0:.2f}" for v in values]
+            lines.append(f"    {m['name']} = {shown[0]} [{shown[1]}, {shown[2]}] n={m['n']}")
+    return "\n".join(lines)
+
+
+def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, snapshot):
     """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
     serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "32",
                                     tmp_path=tmp_path / "serial")
@@ -130,6 +143,10 @@ def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path):
     assert len(ids) == len(set(ids)) == len(a["claims"])
     assert {i.split("::")[0].split("/")[-1] for i in ids} == set(CLAIM_FILES)
     assert a["claims"] == b["claims"]
+    # determinism: byte for byte apart from the run's timings
+    assert json.dumps({k: v for k, v in a.items() if k != "run"}, sort_keys=True) == \
+        json.dumps({k: v for k, v in b.items() if k != "run"}, sort_keys=True)
+    assert rounded_report(a) == snapshot  # a code change that moves an effect size shows up as a diff
     assert "effect sizes: tiny_llava" in parallel.stdout
     assert (parallel_dir / "tiny_llava" / "REPORT.md").is_file()
 
