@@ -58,6 +58,13 @@ def run_prefix(adapter, inputs: dict) -> Prefix:
                   positions)
 
 
+def _progress(items, description: str):
+    """A progress bar on a long sweep (shown on a terminal, silent in logs and under xdist)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="sample", leave=False, disable=None)
+
+
 # ----- attention knockout ---------------------------------------------------------------------------
 
 
@@ -93,7 +100,7 @@ def knockout_answers(vlm, dataset: Dataset, samples: list[ObjectSample], task: s
     """
     names = ["none", *groups]
     answers: dict[str, list[str]] = {name: [] for name in names}
-    for sample in samples:
+    for sample in _progress(samples, f"knockout ({task})"):
         key = ("knockout", dataset.fingerprint, task, padding, sample.annotation_id, tuple(names),
                tuple(tuple(sorted(groups[n])) for n in names[1:]))
         texts = vlm.memo(key, lambda sample=sample: _knockout_one(vlm, dataset, sample, task, groups, names, padding))
@@ -232,7 +239,7 @@ def mediation(vlm, dataset: Dataset, samples: list[ObjectSample], task: str, min
 
     def compute() -> Mediation:
         kept, excluded, fractions = [], [], []
-        for sample in samples:
+        for sample in _progress(samples, f"head mediation ({task})"):
             pair = vlm.memo(("mediation-pair", dataset.fingerprint, task, sample.annotation_id),
                             lambda sample=sample: mediate_pair(vlm, dataset, sample, task, batch_size))
             if pair.p_base - pair.p_source < min_relative_gap * pair.p_source:
