@@ -74,18 +74,17 @@ class VLM:
                                                cache_root(), self.profile.batch_size).to(self.device)
         return self._mean
 
-    def ask(self, key: tuple, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
+    def ask(self, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
             kind: str, counterfactual: bool = False, condition: Condition | None = None) -> list[str]:
         """Answers to one question per sample, under one condition (None: the unmodified model)."""
-        return self.ask_under(key, dataset, samples, questions, kind, [condition], counterfactual)[
+        return self.ask_under(dataset, samples, questions, kind, [condition], counterfactual)[
             _name(condition)]
 
-    def ask_under(self, key: tuple, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
+    def ask_under(self, dataset: Dataset, samples: list[ObjectSample], questions: list[str],
                   kind: str, conditions: list[Condition | None], counterfactual: bool = False) -> dict:
         """Answers per condition name. Work is cached per (condition, chunk of samples), on disk when the
         run has a result cache: a chunk's missing conditions run together, sharing each image's visual
         tokens, so an interrupted run redoes at most the chunk it was in."""
-        del key  # the samples themselves key the cache
         answers: dict[str, list[str]] = {_name(c): [] for c in conditions}
         load = dataset.counterfactual if counterfactual else dataset.image
         for start in range(0, len(samples), CHUNK):
@@ -148,10 +147,6 @@ def _edit_maker(adapter: ModelAdapter, chunk: list[ObjectSample], condition: Con
     return make
 
 
-def _ids(samples: list[ObjectSample]) -> tuple[int, ...]:
-    return tuple(s.annotation_id for s in samples)
-
-
 def localize(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
              condition: Condition | None = None) -> LocalizationResult:
     """Box prompt per object, scored by IoU against the ground-truth box."""
@@ -161,7 +156,7 @@ def localize(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
 def localize_under(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
                    conditions: list[Condition | None]) -> dict[str, LocalizationResult]:
     """The box prompt under several conditions at once (they share each image's visual tokens)."""
-    answers = vlm.ask_under(_ids(samples), dataset, samples, [box_prompt(s.category) for s in samples], "box",
+    answers = vlm.ask_under(dataset, samples, [box_prompt(s.category) for s in samples], "box",
                             conditions)
     return {name: box_answers_scored(vlm, texts, samples) for name, texts in answers.items()}
 
@@ -182,13 +177,13 @@ def classify_by_list(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
     """
     question = list_prompt(dataset.categories)
     if counterfactual:
-        answers = vlm.ask(_ids(samples), dataset, samples, [question] * len(samples), "list", True)
+        answers = vlm.ask(dataset, samples, [question] * len(samples), "list", True)
     else:
         first_of_image: dict[int, ObjectSample] = {}
         for s in samples:
             first_of_image.setdefault(s.image_id, s)
         unique = list(first_of_image.values())
-        per_image = vlm.ask(_ids(unique), dataset, unique, [question] * len(unique), "list")
+        per_image = vlm.ask(dataset, unique, [question] * len(unique), "list")
         by_image = {s.image_id: a for s, a in zip(unique, per_image)}
         answers = [by_image[s.image_id] for s in samples]
     return score_list(answers, [s.category for s in samples])
@@ -198,13 +193,13 @@ def classify_by_list_under(vlm: VLM, dataset: Dataset, samples: list[ObjectSampl
                            conditions: list[Condition]) -> dict[str, PresenceResult]:
     """The list prompt per (image, object) under each condition: an edit is specific to its object."""
     question = list_prompt(dataset.categories)
-    answers = vlm.ask_under(_ids(samples), dataset, samples, [question] * len(samples), "list", conditions)
+    answers = vlm.ask_under(dataset, samples, [question] * len(samples), "list", conditions)
     return {name: score_list(texts, [s.category for s in samples]) for name, texts in answers.items()}
 
 
 def ask_presence(vlm: VLM, dataset: Dataset, samples: list[ObjectSample],
                  counterfactual: bool = False) -> PresenceResult:
     """Binary prompt `Is there a {class} in the image?` per object; yes counts as detected."""
-    answers = vlm.ask(_ids(samples), dataset, samples, [binary_prompt(s.category) for s in samples],
+    answers = vlm.ask(dataset, samples, [binary_prompt(s.category) for s in samples],
                       "binary", counterfactual)
     return score_binary(answers)
