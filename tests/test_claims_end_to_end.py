@@ -69,6 +69,18 @@ def test_baseline_claim_fails_on_an_untrained_model(untrained_checkpoint, tmp_pa
     assert report["model"]["checkpoint"] == str(untrained_checkpoint)
 
 
+def assert_every_claim_fails(proc, reports: Path, count: int, negative_margin: bool = True) -> None:
+    """Each claim failed on its expectations (not an error), with a recorded negative margin (or NaN)."""
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    entries = load_report(reports, "tiny_llava")["claims"]
+    assert len(entries) == count
+    for entry in entries:
+        assert entry["outcome"] == "failed", entry["nodeid"]
+        assert entry["measurements"], entry["nodeid"]
+        assert any(not e["passed"] and (e["margin"] < 0 or not negative_margin) for e in entry["expectations"]), \
+            entry["nodeid"]
+
+
 TOKEN_CLAIMS = ["claims/test_object_token_ablation.py", "claims/test_ablation_padding.py",
                 "claims/test_integrated_gradients.py", "claims/test_containerization.py",
                 "claims/test_token_shuffling.py"]
@@ -78,13 +90,7 @@ def test_every_token_intervention_claim_fails_on_an_untrained_model(untrained_ch
     """Random weights: each token claim fails by a recorded negative margin (none can pass vacuously)."""
     proc, reports = run_claims(*TOKEN_CLAIMS, "-m", "tiny_llava", "--model-path", str(untrained_checkpoint),
                                "--max-samples", "12", tmp_path=tmp_path)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    entries = load_report(reports, "tiny_llava")["claims"]
-    assert len(entries) == 9
-    for entry in entries:
-        assert entry["outcome"] == "failed", entry["nodeid"]
-        assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"]), entry["nodeid"]
-        assert entry["measurements"], entry["nodeid"]
+    assert_every_claim_fails(proc, reports, 9)
 
 
 CIRCUIT_CLAIMS = ["claims/test_head_mediation.py::test_mediation_is_concentrated_in_a_few_heads",
@@ -95,12 +101,7 @@ def test_circuit_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_pat
     """Random weights: MF sparsity, the critical-head claims and the knockout claims all fail, by a margin."""
     proc, reports = run_claims(*CIRCUIT_CLAIMS, "-m", "tiny_llava", "--model-path", str(untrained_checkpoint),
                                "--max-samples", "8", tmp_path=tmp_path)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    entries = load_report(reports, "tiny_llava")["claims"]
-    assert len(entries) == 6
-    for entry in entries:
-        assert entry["outcome"] == "failed", entry["nodeid"]
-        assert any(not e["passed"] for e in entry["expectations"]), entry["nodeid"]
+    assert_every_claim_fails(proc, reports, 6, negative_margin=False)  # no pair kept: NaN, not a margin
 
 
 def test_positional_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_path):
@@ -109,12 +110,7 @@ def test_positional_claims_fail_on_an_untrained_model(untrained_checkpoint, tmp_
     proc, reports = run_claims("claims/test_positional_decoding.py", "-m", "tiny_llava", "--model-path",
                                str(untrained_checkpoint), "--probe-train", "synthetic:31:64",
                                "--probe-test", "synthetic:32:16", tmp_path=tmp_path)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    entries = load_report(reports, "tiny_llava")["claims"]
-    assert len(entries) == 3
-    for entry in entries:
-        assert entry["outcome"] == "failed", entry["nodeid"]
-        assert any(not e["passed"] and e["margin"] < 0 for e in entry["expectations"]), entry["nodeid"]
+    assert_every_claim_fails(proc, reports, 3)
 
 
 def rounded_report(report: dict) -> str:
