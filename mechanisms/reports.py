@@ -134,9 +134,14 @@ def figure_png(table: dict) -> bytes:
         ax.set_yticks(range(len(ys)), [str(y) for y in ys])
     else:
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
-        for series in sorted({r[spec["series"]] for r in rows}, key=str):
+        numeric = all(isinstance(r[spec["x"]], (int, float)) for r in rows)
+        xs = list(dict.fromkeys(str(r[spec["x"]]) for r in rows))  # the table's row order, not per series
+        for series in dict.fromkeys(r[spec["series"]] for r in rows):
             points = [r for r in rows if r[spec["series"]] == series]
-            ax.plot([str(r[spec["x"]]) for r in points], [r[spec["y"]] for r in points], marker="o", label=str(series))
+            where = [r[spec["x"]] if numeric else xs.index(str(r[spec["x"]])) for r in points]
+            ax.plot(where, [r[spec["y"]] for r in points], marker="o", label=str(series))
+        if not numeric:
+            ax.set_xticks(range(len(xs)), xs)
         ax.legend(fontsize=8)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
