@@ -52,7 +52,8 @@ def test_image_tokens_are_576_contiguous_positions(real_geometry_llava):
     assert logits.shape[:2] == batch["input_ids"].shape
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(width=st.integers(60, 420), height=st.integers(60, 420), data=st.data())
 def test_mask_to_tokens_matches_processor(real_geometry_llava, width, height, data):
     """The adapter's pixel -> token map agrees with what the processor does to a rendered mask.
@@ -77,7 +78,11 @@ def test_mask_to_tokens_matches_processor(real_geometry_llava, width, height, da
     border = dilate(predicted, 1) & ~dilate(predicted, -1)
     disagreement = predicted ^ lit
     assert not (disagreement & ~border).any(), "processor and adapter disagree away from the object border"
-    assert (lit & predicted).sum() >= 0.5 * predicted.sum()
+    # a rectangle thinner than one token cell after resizing is blurred below the "lit" level by bicubic
+    # resampling (e.g. 3 px of a 413 px side = 2.4 processed px), so coverage is only asked of thicker ones
+    scale = 336 / max(width, height)
+    if min(x1 - x0, y1 - y0) * scale >= 14:
+        assert (lit & predicted).sum() >= 0.5 * predicted.sum()
 
 
 def test_box_answers_are_normalised_to_the_padded_square(real_geometry_llava):
