@@ -50,12 +50,19 @@ def _curves(vlm, dataset, claim):
     return curves, fractions
 
 
-def _auc_gap(fractions, k):
+def _expect_auc_gap(vlm, dataset, claim, critical: str, statement: str):
+    """AUC(low-importance heads) - AUC(`critical` heads), paired over objects, against the profile's margin."""
+    curves, fractions = _curves(vlm, dataset, claim)
+    k = len(fractions)
+
     def gap(*arrays):
-        low, critical = arrays[:k], arrays[k:]
+        low, ranked = arrays[:k], arrays[k:]
         return (normalized_auc(fractions, [x.mean() for x in low])
-                - normalized_auc(fractions, [x.mean() for x in critical]))
-    return gap
+                - normalized_auc(fractions, [x.mean() for x in ranked]))
+
+    measured = claim.statistic(f"auc_low_importance_minus_{critical.replace('-', '_')}", gap,
+                               [*curves["low-importance"], *curves[critical]])
+    claim.expect_at_least(measured, vlm.profile.claims["head_ablation"]["min_auc_gap"], statement)
 
 
 def test_ablating_localization_critical_heads_hurts_far_more_than_low_importance_heads(vlm, dataset, claim):
@@ -64,12 +71,8 @@ def test_ablating_localization_critical_heads_hurts_far_more_than_low_importance
 
     Paper: §3.3.3, Figure 5, Figure 15
     """
-    curves, fractions = _curves(vlm, dataset, claim)
-    k = len(fractions)
-    gap = claim.statistic("auc_low_importance_minus_localization_critical", _auc_gap(fractions, k),
-                          [*curves["low-importance"], *curves["localization-critical"]])
-    claim.expect_at_least(gap, vlm.profile.claims["head_ablation"]["min_auc_gap"],
-                          "localization-critical heads are causally necessary for localization")
+    _expect_auc_gap(vlm, dataset, claim, "localization-critical",
+                    "localization-critical heads are causally necessary for localization")
 
 
 def test_ablating_classification_critical_heads_also_hurts_localization(vlm, dataset, claim):
@@ -78,9 +81,5 @@ def test_ablating_classification_critical_heads_also_hurts_localization(vlm, dat
 
     Paper: §3.3.3, Figure 5, Figure 15
     """
-    curves, fractions = _curves(vlm, dataset, claim)
-    k = len(fractions)
-    gap = claim.statistic("auc_low_importance_minus_classification_critical", _auc_gap(fractions, k),
-                          [*curves["low-importance"], *curves["classification-critical"]])
-    claim.expect_at_least(gap, vlm.profile.claims["head_ablation"]["min_auc_gap"],
-                          "classification-critical heads are needed for localization too")
+    _expect_auc_gap(vlm, dataset, claim, "classification-critical",
+                    "classification-critical heads are needed for localization too")

@@ -19,6 +19,7 @@ from mechanisms.interventions.heads import Head, ablating_heads, patching_heads,
 from mechanisms.interventions.knockout import knocking_out, spec_for_rows
 from mechanisms.interventions.selection import object_tokens
 from mechanisms.prompts import binary_prompt, box_prompt, list_prompt
+from mechanisms.tasks import MAX_NEW_TOKENS
 
 # ----- the shared prefix ----------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ def layer_groups(n_layers: int, sizes: list[int]) -> dict[str, set[int]]:
     return groups
 
 
-TASK_PROMPTS = {"localization": ("box", 40), "classification": ("list", 96)}
+TASK_KIND = {"localization": "box", "classification": "list"}  # answer lengths: tasks.MAX_NEW_TOKENS
 
 
 def _question(dataset: Dataset, sample: ObjectSample, task: str) -> str:
@@ -124,7 +125,7 @@ def _knockout_one(vlm, dataset, sample, task, groups, names, padding) -> list[st
         out = adapter.model.generate(
             input_ids=seq.expand(len(names), -1), attention_mask=prefix.inputs["attention_mask"].expand(
                 len(names), -1), cache=prefix.cache_for(len(names)), do_sample=False,
-            max_new_tokens=TASK_PROMPTS[task][1], pad_token_id=adapter.tokenizer.pad_token_id)
+            max_new_tokens=MAX_NEW_TOKENS[TASK_KIND[task]], pad_token_id=adapter.tokenizer.pad_token_id)
     return [t.strip() for t in adapter.tokenizer.batch_decode(out[:, seq.shape[1]:], skip_special_tokens=True)]
 
 
@@ -284,7 +285,7 @@ def answers_with_heads_ablated(vlm, dataset: Dataset, samples: list[ObjectSample
     def compute() -> list[str]:
         with ablating_heads(vlm.adapter, heads):
             return vlm.generator.generate([dataset.image(s) for s in samples],
-                                          [box_prompt(s.category) for s in samples], 40)
+                                          [box_prompt(s.category) for s in samples], MAX_NEW_TOKENS["box"])
 
     return vlm.memo(key, compute)
 

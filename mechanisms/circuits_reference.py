@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mechanisms.circuits import (
-    TASK_PROMPTS,
+    TASK_KIND,
     PairMediation,
     _perplexity,
     _question,
@@ -24,6 +24,7 @@ from mechanisms.circuits import (
 from mechanisms.interventions.heads import head_slice, patching_heads, recording_heads
 from mechanisms.interventions.knockout import knocking_out, spec_for_rows
 from mechanisms.interventions.selection import object_tokens
+from mechanisms.tasks import MAX_NEW_TOKENS
 
 
 def _pair_inputs(vlm, dataset, sample, task):
@@ -102,7 +103,7 @@ def naive_knockout_answers(vlm, dataset, samples, task: str, groups: dict[str, s
             layers = set() if name == "none" else groups[name]
             spec = spec_for_rows(1, keys, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [layers], n_layers)
             with knocking_out(adapter, spec):
-                out = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=TASK_PROMPTS[task][1],
+                out = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS[TASK_KIND[task]],
                                              pad_token_id=adapter.tokenizer.pad_token_id)
             answers[name].append(adapter.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
                                                           skip_special_tokens=True).strip())
