@@ -79,7 +79,8 @@ def test_the_two_tasks_rely_on_largely_distinct_heads(vlm, dataset, claim):
     # bootstrap over pairs: resample each task's pairs, re-rank, count the shared top-k heads
     per_loc, per_cls = results["localization"].per_pair, results["classification"].per_pair
     n = min(len(per_loc), len(per_cls))
-    arrays = [per_loc[:n].reshape(n, -1), per_cls[:n].reshape(n, -1)]
+    size = results["localization"].mean_mf.size
+    arrays = [per_loc[:n].reshape(n, size), per_cls[:n].reshape(n, size)]
 
     def overlap(a, b):
         top_a = set(np.argsort(-a.mean(0), kind="stable")[:k])
