@@ -68,7 +68,9 @@ class View:
     on the canvas at (x * scale_x + offset_x, y * scale_y + offset_y). The canvas is `width` x
     `height` view units, cut into `rows` x `cols` equal patches; token (r, c) covers
     [c*width/cols, (c+1)*width/cols) x [r*height/rows, (r+1)*height/rows). `first_token` is the
-    index of token (0, 0) among all of the model's image tokens; tokens run row-major.
+    index of token (0, 0) among all of the model's image tokens; tokens run row-major. `kind` says which
+    pathway the view belongs to: "global" (the whole image at once: LLaVA's view, InternVL's thumbnail)
+    or "local" (InternVL's high-resolution tiles).
     """
 
     name: str
@@ -81,6 +83,7 @@ class View:
     offset_x: float
     offset_y: float
     first_token: int = 0
+    kind: str = "global"
 
     @property
     def n_tokens(self) -> int:

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from mechanisms.adapters.base import HeadLayout, ModelAdapter
+from mechanisms.adapters.internvl import InternVLAdapter, load_internvl
 from mechanisms.adapters.llava import LlavaAdapter, load_llava
 
-LOADERS = {"llava": load_llava}
+LOADERS = {"llava": load_llava, "internvl": load_internvl}
 
 
 class FamilyNotSupported(LookupError):
@@ -25,4 +26,4 @@ def load_adapter(family: str, path: Path, dtype: torch.dtype, device: str) -> Mo
     return LOADERS[family](path, dtype, device)
 
 
-__all__ = ["FamilyNotSupported", "HeadLayout", "LlavaAdapter", "ModelAdapter", "load_adapter"]
+__all__ = ["FamilyNotSupported", "HeadLayout", "InternVLAdapter", "LlavaAdapter", "ModelAdapter", "load_adapter"]

@@ -74,6 +74,10 @@ class ModelAdapter(ABC):
     def n_image_tokens(self, width: int, height: int) -> int:
         return sum(view.n_tokens for view in self.views(width, height))
 
+    def image_token_ids(self, width: int, height: int) -> list[int]:
+        """The token ids the processor puts in place of the one image placeholder of the prompt."""
+        return [self.model.config.image_token_id] * self.n_image_tokens(width, height)
+
     def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
         """Each image's tokens at the LM input, [n_tokens, hidden] per image (vision tower + projector once).
 

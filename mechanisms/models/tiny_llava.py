@@ -10,7 +10,6 @@ token of its own, so box coordinates decode exactly.
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -22,6 +21,7 @@ from transformers import (
 )
 
 from mechanisms.data.synthetic import CATEGORY_NAMES
+from mechanisms.models.vocabulary import word_level_tokenizer
 from mechanisms.prompts import BINARY_PROMPT, BOX_PROMPT, LIST_PROMPT
 
 IMAGE_SIZE = 96
@@ -44,14 +44,9 @@ CHAT_TEMPLATE = (
     "</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
-
-
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.Punctuation(),
-    ])
+# Later turns of a training chat, and the answer's ending (the LM learns to stop at </s>).
+FOLLOW_UP_TURN = " USER: {question} ASSISTANT:"
+REPLY = " {answer}</s>"
 
 
 def _vocabulary_corpus() -> list[str]:
@@ -65,26 +60,8 @@ def _vocabulary_corpus() -> list[str]:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    pre = _pre_tokenizer()
-    normalizer = normalizers.Replace("\n", " ")
-    vocab_words: set[str] = set()
-    for text in _vocabulary_corpus():
-        vocab_words.update(piece for piece, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in sorted(vocab_words):
-        vocab.setdefault(word, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.normalizer = normalizer
-    core.pre_tokenizer = pre
-    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
-        padding_side="left", model_max_length=1024)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return tokenizer
+    return word_level_tokenizer(_vocabulary_corpus(), SPECIAL_TOKENS, unk="<unk>", eos="</s>", pad="<pad>",
+                                bos="<s>", named_tokens={"image_token": "<image>"}, keep_newlines=False)
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:

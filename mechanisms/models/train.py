@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from transformers import LlavaForConditionalGeneration
 
+from mechanisms.adapters.base import ModelAdapter
 from mechanisms.adapters.llava import LlavaAdapter
 from mechanisms.data.synthetic import (
     CATEGORY_NAMES,
@@ -64,23 +65,26 @@ def render_pixels(scenes: list[SceneSpec], workers: int = 2, chunk: int = 256) -
 class ChatBuilder:
     """Token ids and loss labels for multi-turn chats about one scene."""
 
-    def __init__(self, adapter: LlavaAdapter, max_turns: int, rng: random.Random):
+    def __init__(self, adapter: ModelAdapter, max_turns: int, rng: random.Random,
+                 follow_up: str = tiny_llava.FOLLOW_UP_TURN, reply: str = tiny_llava.REPLY):
         self.adapter = adapter
         self.tok = adapter.tokenizer
         self.rng = rng
         self.max_turns = max_turns
+        self.follow_up = follow_up  # the chat format of turns after the first: "{question}" is filled in
+        self.reply = reply  # an answer and the end-of-turn token the model must learn to emit
         self.image_id = adapter.model.config.image_token_id
-        self.n_image_tokens = adapter.model.config.image_seq_length
         self.partners: dict[str, list[str]] = {}
         for a, b in DEFAULT_COOCCURRENCE:
             self.partners.setdefault(a, []).append(b)
             self.partners.setdefault(b, []).append(a)
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[tuple[str, bool], list[int]] = {}
 
-    def _ids(self, text: str) -> list[int]:
-        if text not in self._cache:
-            self._cache[text] = self.tok(text, add_special_tokens=False).input_ids
-        return self._cache[text]
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text`; `special` adds what the tokenizer puts around a whole prompt (e.g. BOS)."""
+        if (text, special) not in self._cache:
+            self._cache[text, special] = self.tok(text, add_special_tokens=special).input_ids
+        return self._cache[text, special]
 
     def turns(self, scene: SceneSpec) -> list[tuple[str, str]]:
         present = [obj.name for obj in scene.objects]
@@ -102,13 +106,13 @@ class ChatBuilder:
         ids: list[int] = []
         labels: list[int] = []
         for index, (question, answer) in enumerate(self.turns(scene)):
-            if index == 0:
-                prompt = [self.tok.bos_token_id] + self._ids(self.adapter.chat_text(question))
+            if index == 0:  # the chat template's prompt, its image placeholder expanded as the processor does
+                prompt = self._ids(self.adapter.chat_text(question), special=True)
                 at = prompt.index(self.image_id)
-                prompt = prompt[:at] + [self.image_id] * self.n_image_tokens + prompt[at + 1:]
+                prompt = prompt[:at] + self.adapter.image_token_ids(scene.width, scene.height) + prompt[at + 1:]
             else:
-                prompt = self._ids(f" USER: {question} ASSISTANT:")
-            reply = self._ids(f" {answer}</s>")
+                prompt = self._ids(self.follow_up.format(question=question))
+            reply = self._ids(self.reply.format(answer=answer))
             ids += prompt + reply
             labels += [-100] * len(prompt) + reply
         return ids, labels
@@ -159,7 +163,7 @@ def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps:
 
 
 @torch.no_grad()
-def quick_eval(adapter: LlavaAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
+def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
     """Greedy box answers on held-out scenes: the paper's localization score, for the learning curve."""
     from mechanisms.evaluation import Generator
     from mechanisms.tasks import MAX_NEW_TOKENS
