@@ -197,5 +197,19 @@ def coco_size_bucket(area: float) -> str:
     return "medium" if area < 96 ** 2 else "large"
 
 
+COCO_LONG_SIDE = 640  # the long side of (almost) every COCO image
+
+
+def coco_equivalent_area(area: float, width: int, height: int) -> float:
+    """An area as it would be on the image rescaled to COCO's 640 px long side.
+
+    COCO's size buckets (Figure 10) are absolute pixel areas on ~640 x 480 images; on other image sizes
+    (the synthetic scenes are 120-400 px) the same object would fall in a smaller bucket only because
+    the canvas is smaller. Rescaling to a 640 px long side keeps the bucket a statement about the object's
+    share of the image, and is the identity on COCO itself.
+    """
+    return area * (COCO_LONG_SIDE / max(width, height)) ** 2
+
+
 def round_half_up(x: float, ndigits: int = 2) -> float:
     return math.floor(x * 10 ** ndigits + 0.5) / 10 ** ndigits

@@ -30,6 +30,7 @@ def package_versions() -> dict[str, str]:
 # Readable column headers for the tables claims record (anything else is shown under its own name).
 COLUMN_TITLES = {
     "strategy": "Ablation strategy", "k": "k", "tokens_pct": "Token (%)", "paper_tokens_pct": "paper Token (%)",
+    "view": "View", "global_tokens_pct": "of global (%)", "local_tokens_pct": "of local (%)",
     "localization": "Loc. (%)", "localization_std": "± (seeds)", "localization_drop": "↓ Loc.",
     "paper_localization": "paper Loc.", "classification": "Cls. (%)", "classification_std": "± (seeds)",
     "classification_drop": "↓ Cls.", "paper_classification": "paper Cls.", "task": "Task", "mode": "Mode",
@@ -98,7 +99,8 @@ def table_csv(table: dict) -> str:
 
 
 def figure_png(table: dict) -> bytes:
-    """Draw a table as its `figure` spec says: a heatmap (x, y, value[, std]) or lines (x, y, series)."""
+    """Draw a table as its `figure` spec says: a heatmap (x, y, value[, std]), lines (x, y, series), or
+    grouped bars (x, y, series[, panel])."""
     import io
 
     import matplotlib
@@ -132,6 +134,27 @@ def figure_png(table: dict) -> bytes:
         fig.colorbar(image, ax=ax, fraction=0.05)
         ax.set_xticks(range(len(xs)), [str(x) for x in xs])
         ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    elif spec["kind"] == "bars":  # grouped bars: x groups, one bar per series, one panel per `panel` value
+        panels = list(dict.fromkeys(r[spec["panel"]] for r in rows)) if spec.get("panel") else [None]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 3.8), dpi=100, squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            chosen = [r for r in rows if panel is None or r[spec["panel"]] == panel]
+            xs = list(dict.fromkeys(str(r[spec["x"]]) for r in chosen))
+            series = list(dict.fromkeys(r[spec["series"]] for r in chosen))
+            width = 0.8 / max(1, len(series))
+            for k, name in enumerate(series):
+                points = [r for r in chosen if r[spec["series"]] == name]
+                ax.bar([xs.index(str(r[spec["x"]])) + (k - (len(series) - 1) / 2) * width for r in points],
+                       [r[spec["y"]] for r in points], width=width, label=str(name))
+            ax.set_xticks(range(len(xs)), xs)
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.grid(alpha=0.3, axis="y")
+            if panel is not None:
+                ax.set_title(str(panel), fontsize=9)
+            ax.set_xlabel(spec.get("xlabel", spec["x"]))
+            ax.set_ylabel(spec.get("ylabel", spec["y"]))
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(table.get("title", ""), fontsize=9)
     else:
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
         numeric = all(isinstance(r[spec["x"]], (int, float)) for r in rows)
@@ -145,9 +168,10 @@ def figure_png(table: dict) -> bytes:
         ax.legend(fontsize=8)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
-    ax.set_xlabel(spec.get("xlabel", spec["x"]))
-    ax.set_ylabel(spec.get("ylabel", spec.get("y", "")))
-    ax.set_title(table.get("title", ""), fontsize=9)
+    if spec["kind"] != "bars":  # bars label each panel themselves
+        ax.set_xlabel(spec.get("xlabel", spec["x"]))
+        ax.set_ylabel(spec.get("ylabel", spec.get("y", "")))
+        ax.set_title(table.get("title", ""), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})

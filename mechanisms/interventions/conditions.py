@@ -37,11 +37,13 @@ def unchanged() -> Condition:
     return Condition("identity", lambda sample, views, features: tokens.identity(features.shape[0]))
 
 
-def object_ablation(dataset: Dataset, padding: int = 0) -> Condition:
-    """Object tokens (mask overlap >= 1 pixel), grown or shrunk by `padding` rings, set to the mean (Table 1)."""
+def object_ablation(dataset: Dataset, padding: int = 0, kinds: tuple[str, ...] | None = None) -> Condition:
+    """Object tokens (mask overlap >= 1 pixel), grown or shrunk by `padding` rings, set to the mean (Table 1);
+    with `kinds`, only in the views of those kinds (Table 3: "global", "local")."""
     def edit(sample, views, features):
-        return tokens.ablate(object_tokens(views, dataset.mask(sample), padding))
-    return Condition(f"ablate:object{padding:+d}", edit)
+        return tokens.ablate(object_tokens(views, dataset.mask(sample), padding, kinds))
+    where = "" if kinds is None else "@" + "+".join(kinds)
+    return Condition(f"ablate:object{padding:+d}{where}", edit)
 
 
 def matched_random_ablation(dataset: Dataset, seed: int, padding: int = 0) -> Condition:

@@ -13,14 +13,23 @@ import torch
 from mechanisms.geometry import View, dilate
 
 
-def object_tokens(views: list[View], mask: np.ndarray, padding: int = 0) -> np.ndarray:
+def object_tokens(views: list[View], mask: np.ndarray, padding: int = 0,
+                  kinds: tuple[str, ...] | None = None) -> np.ndarray:
     """Tokens whose patch overlaps the object mask by >= 1 pixel, grown/shrunk by `padding` rings (Fig 7).
 
     Padding acts on each view's grid separately: +1 adds the ring of 8-neighbours, -1 keeps only tokens
     whose 8 neighbours are all selected (a token on the grid border counts its outside as selected,
-    so an object touching the border is not shrunk from that side).
+    so an object touching the border is not shrunk from that side). `kinds` restricts the selection to
+    views of those kinds ("global", "local": Table 3's view-wise ablation); None means every view.
     """
-    return np.concatenate([dilate(view.tokens_overlapping(mask), padding).ravel() for view in views])
+    return np.concatenate([
+        dilate(view.tokens_overlapping(mask), padding).ravel() if kinds is None or view.kind in kinds
+        else np.zeros(view.n_tokens, dtype=bool) for view in views])
+
+
+def view_kinds(views: list[View]) -> np.ndarray:
+    """The kind of the view each image token belongs to, in token order."""
+    return np.concatenate([np.full(view.n_tokens, view.kind) for view in views])
 
 
 def per_view(views: list[View], selection: np.ndarray) -> list[np.ndarray]:

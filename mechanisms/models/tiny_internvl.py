@@ -126,10 +126,13 @@ def save_untrained(out, seed: int = 0):
 def save_random_real_geometry(out, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
                               kv_heads: int = 2):
     """A random-init InternVL with InternVL-3.5's real geometry (448 px tiles, patch 14 -> 32 x 32 patches,
-    pixel shuffle to 16 x 16 = 256 tokens per view, <= 6 tiles + thumbnail) and a GQA Qwen3 LM."""
+    pixel shuffle to 16 x 16 = 256 tokens per view, tiles + thumbnail) and a GQA Qwen3 LM, saved like a hub
+    checkpoint (its processor allows 12 tiles; the loader applies the paper's cap of 6)."""
     tokenizer = build_tokenizer()
     model = build_model(seed, tokenizer, tile_size=448, patch_size=14, vision_hidden=32, vision_layers=1,
                         hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads)
     model.save_pretrained(out)
-    build_processor(tokenizer, tile_size=448, tokens_per_view=256).save_pretrained(out)
+    processor = build_processor(tokenizer, tile_size=448, tokens_per_view=256)
+    processor.image_processor.max_patches = 12  # what the hub's InternVL-3.5 processors allow
+    processor.save_pretrained(out)
     return out
