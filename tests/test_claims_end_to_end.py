@@ -69,10 +69,11 @@ def test_baseline_claim_fails_on_an_untrained_model(untrained_checkpoint, tmp_pa
     assert report["model"]["checkpoint"] == str(untrained_checkpoint)
 
 
-def assert_every_claim_fails(proc, reports: Path, count: int, negative_margin: bool = True) -> None:
+def assert_every_claim_fails(proc, reports: Path, count: int, negative_margin: bool = True,
+                             profile: str = "tiny_llava") -> None:
     """Each claim failed on its expectations (not an error), with a recorded negative margin (or NaN)."""
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    entries = load_report(reports, "tiny_llava")["claims"]
+    entries = load_report(reports, profile)["claims"]
     assert len(entries) == count
     for entry in entries:
         assert entry["outcome"] == "failed", entry["nodeid"]
@@ -147,15 +148,52 @@ def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, sna
     assert (parallel_dir / "tiny_llava" / "REPORT.md").is_file()
 
 
-def test_absent_checkpoint_skips_with_a_reason(tmp_path):
-    """llava7b without weights: every claim skips, naming how to provide them; the run exits 0."""
-    proc, reports = run_claims("claims", "-m", "llava7b", tmp_path=tmp_path)
+@pytest.mark.parametrize("real_model, hub_id", [("llava7b", "llava-hf/llava-1.5-7b-hf"),
+                                                ("internvl8b", "OpenGVLab/InternVL3_5-8B-HF")])
+def test_absent_checkpoint_skips_with_a_reason(tmp_path, real_model, hub_id):
+    """A real model without weights: every claim skips, naming how to provide them; the run exits 0."""
+    proc, reports = run_claims("claims", "-m", real_model, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    report = load_report(reports, "llava7b")
-    assert report["claims"] and all(e["outcome"] == "skipped" for e in report["claims"])
+    report = load_report(reports, real_model)
+    assert len(report["claims"]) == len(collected_claims(real_model))
+    assert all(e["outcome"] == "skipped" for e in report["claims"])
     for entry in report["claims"]:
-        assert "VLM_MECHANISMS_LLAVA7B_PATH" in entry["reason"]
-        assert "llava-hf/llava-1.5-7b-hf" in entry["reason"]
+        assert f"VLM_MECHANISMS_{real_model.upper()}_PATH" in entry["reason"]
+        assert hub_id in entry["reason"]
+
+
+def collected_claims(profile: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "claims", "-m", profile, "--collect-only", "-q"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return [line for line in proc.stdout.splitlines() if "::" in line]
+
+
+@pytest.fixture(scope="module")
+def untrained_internvl(tmp_path_factory) -> Path:
+    from mechanisms.models.tiny_internvl import save_untrained as save_untrained_internvl
+
+    return save_untrained_internvl(tmp_path_factory.mktemp("untrained-tiny-internvl"), seed=0)
+
+
+def test_view_claims_and_baseline_fail_on_an_untrained_internvl(untrained_internvl, tmp_path):
+    """Random weights of tiny-internvl's config: the global/local view claims and the baseline all fail by
+    recorded margins, and Table 3 / Figure 10 are still written."""
+    proc, reports = run_claims("claims/test_global_local_views.py", "claims/test_baseline_competence.py",
+                               "-m", "tiny_internvl", "--model-path", str(untrained_internvl),
+                               "--max-samples", "10", tmp_path=tmp_path)
+    assert_every_claim_fails(proc, reports, 4, profile="tiny_internvl")
+    assert (reports / "tiny_internvl" / "tables" / "table3.csv").is_file()
+    assert (reports / "tiny_internvl" / "figures" / "figure10.png").is_file()
+
+
+def test_view_claims_skip_on_a_single_view_model(untrained_checkpoint, tmp_path):
+    """LLaVA sees an image through one view: the global/local claims skip and say why."""
+    proc, reports = run_claims("claims/test_global_local_views.py", "-m", "tiny_llava", "--model-path",
+                               str(untrained_checkpoint), "--max-samples", "4", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    entries = load_report(reports, "tiny_llava")["claims"]
+    assert len(entries) == 3
+    assert all(e["outcome"] == "skipped" and "single view" in e["reason"] for e in entries)
 
 
 def test_model_path_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):

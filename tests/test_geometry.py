@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mechanisms.geometry import (
+    coco_equivalent_area,
     Box,
     View,
     coco_size_bucket,
@@ -293,3 +294,13 @@ def test_mask_bbox_is_exclusive_and_none_for_empty():
 def test_coco_size_bucket_boundaries(area, bucket):
     """COCO buckets: small < 32^2 <= medium < 96^2 <= large."""
     assert coco_size_bucket(area) == bucket
+
+
+@given(area=st.floats(0, 1e5), width=st.integers(20, 2000), height=st.integers(20, 2000),
+       factor=st.floats(0.1, 10))
+def test_coco_equivalent_area_depends_only_on_the_objects_share_of_the_image(area, width, height, factor):
+    """Figure 10's buckets on 640-px-equivalent areas: the identity on a COCO-sized image, and unchanged when
+    image and object are rescaled together (so a synthetic scene's bucket says what COCO's would)."""
+    assert coco_equivalent_area(area, 640, 480) == pytest.approx(area)
+    scaled = coco_equivalent_area(area * factor ** 2, width * factor, height * factor)
+    assert scaled == pytest.approx(coco_equivalent_area(area, width, height), rel=1e-9, abs=1e-9)

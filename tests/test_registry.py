@@ -49,11 +49,12 @@ def _checkpoint(folder: Path, weights: str | None = "model.safetensors") -> Path
 # ----- profiles ---------------------------------------------------------------------------------------
 
 
-def test_load_profiles_finds_the_four_models():
-    """The shipped profiles are tiny_llava, llava7b, llava13b (family llava) and internvl8b (internvl)."""
+def test_load_profiles_finds_the_five_models():
+    """The profiles: tiny_llava, llava7b, llava13b (family llava), tiny_internvl and internvl8b (internvl)."""
     profiles = load_profiles()
     families = {name: p.family for name, p in profiles.items()}
-    assert families == {"tiny_llava": "llava", "llava7b": "llava", "llava13b": "llava", "internvl8b": "internvl"}
+    assert families == {"tiny_llava": "llava", "llava7b": "llava", "llava13b": "llava", "internvl8b": "internvl",
+                        "tiny_internvl": "internvl"}
     assert profiles["llava7b"].hf_id == "llava-hf/llava-1.5-7b-hf"
     assert profiles["tiny_llava"].shipped_path == "fixtures/models/tiny-llava"
     assert profiles["tiny_llava"].default_dataset == "synthetic"

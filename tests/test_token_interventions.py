@@ -19,6 +19,7 @@ from mechanisms.geometry import Box, View, dilate, grow_by_cells, pad_to_square_
 from mechanisms.interventions.selection import (
     object_tokens,
     per_view,
+    view_kinds,
     random_tokens,
     register_tokens,
     top_k,
@@ -118,7 +119,8 @@ def _multi_views(width: int, height: int) -> list[View]:
     """InternVL-like: two local tiles (left/right half, 5x5 tokens each, anisotropic scale) + a 6x6 thumbnail."""
     half = width / 2
     tiles = [View(name=f"tile{i}", rows=5, cols=5, width=100.0, height=100.0, scale_x=100.0 / half,
-                  scale_y=100.0 / height, offset_x=-i * 100.0, offset_y=0.0, first_token=25 * i) for i in range(2)]
+                  scale_y=100.0 / height, offset_x=-i * 100.0, offset_y=0.0, first_token=25 * i, kind="local")
+             for i in range(2)]
     return tiles + [pad_to_square_view(width, height, 6, name="thumbnail", first_token=50)]
 
 
@@ -266,6 +268,22 @@ def test_object_tokens_at_padding_zero_are_the_tokens_the_mask_overlaps(mask, ki
         maybe_in = _overlap_areas(view, mask, grow=1e-6) > 0
         assert not (surely_in & ~grid).any(), f"{view.name}: tokens holding mask area are not selected"
         assert not (grid & ~maybe_in).any(), f"{view.name}: selected tokens hold no mask area"
+
+
+@PROPERTY
+@given(mask=masks(max_side=300), p=st.integers(-1, 1))
+def test_view_wise_selections_partition_the_object_selection(mask, p):
+    """Table 3: the global-only and local-only selections are the object selection cut along view kinds;
+    together they are exactly the both-views selection, and neither touches the other kind's tokens."""
+    height, width = mask.shape
+    views = _multi_views(width, height)
+    both = object_tokens(views, mask, p)
+    global_only = object_tokens(views, mask, p, ("global",))
+    local_only = object_tokens(views, mask, p, ("local",))
+    owner = view_kinds(views)
+    assert (global_only == (both & (owner == "global"))).all()
+    assert (local_only == (both & (owner == "local"))).all()
+    assert (object_tokens(views, mask, p, ("global", "local")) == both).all()
 
 
 @SLOW_PROPERTY

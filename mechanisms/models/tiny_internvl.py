@@ -57,8 +57,8 @@ def _vocabulary_corpus() -> list[str]:
     classes = ", ".join(CATEGORY_NAMES)
     pieces = ["user\n", "assistant\n", "Yes", "No", "<box>[[123, 456, 789, 1000]]</box>", "0123456789",
               LIST_PROMPT.format(classes=classes)]
-    for name in CATEGORY_NAMES:
-        pieces += [BOX_PROMPT.format(cls=name), BINARY_PROMPT.format(cls=name), " " + name + ","]
+    for name in CATEGORY_NAMES:  # a list answer starts right after "assistant\n": its first word has no space
+        pieces += [BOX_PROMPT.format(cls=name), BINARY_PROMPT.format(cls=name), " " + name + ",", name + ","]
     return pieces + [" " + piece for piece in pieces]
 
 
