@@ -16,7 +16,7 @@ from transformers import LlavaImageProcessor
 
 from mechanisms.adapters.llava import LlavaAdapter, load_llava
 from mechanisms.geometry import dilate
-from mechanisms.models.tiny_llava import CLIP_MEAN, CLIP_STD, build_tokenizer, save_random_real_geometry
+from mechanisms.models.tiny_llava import CLIP_MEAN, CLIP_STD, save_random_real_geometry
 from mechanisms.prompts import box_prompt
 
 GRID = 24

@@ -118,14 +118,21 @@ class ModelAdapter(ABC):
         """A box in original-image pixels from an answer, or None when it cannot be parsed."""
 
     # ----- structure -------------------------------------------------------------------------------
-    @abstractmethod
+    # transformers v5 lays out both families' LMs alike (`model.model.language_model.layers`,
+    # `model.model.multi_modal_projector`); a family that differs overrides these.
     def language_layers(self) -> list[torch.nn.Module]:
         """The LM's decoder layers, in order."""
+        return list(self.model.model.language_model.layers)
 
-    @abstractmethod
     def head_layout(self) -> HeadLayout:
-        """Attention-head geometry of the LM."""
+        """Attention-head geometry of the LM (GQA: several query heads share a key/value head)."""
+        text = self.model.config.text_config
+        n_heads = text.num_attention_heads
+        return HeadLayout(
+            n_layers=text.num_hidden_layers, n_query_heads=n_heads,
+            n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // n_heads)
 
-    @abstractmethod
     def projector(self) -> torch.nn.Module:
         """The module whose output are the image tokens at the LM input."""
+        return self.model.model.multi_modal_projector

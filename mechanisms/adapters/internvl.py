@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mechanisms.adapters.base import HeadLayout, ModelAdapter
+from mechanisms.adapters.base import ModelAdapter
 from mechanisms.answers import parse_internvl_box
 from mechanisms.geometry import Box, View
 
@@ -89,20 +89,6 @@ class InternVLAdapter(ModelAdapter):
             return None
         x0, y0, x1, y1 = values
         return Box(x0 * width, y0 * height, x1 * width, y1 * height)
-
-    def language_layers(self) -> list[torch.nn.Module]:
-        return list(self.model.model.language_model.layers)
-
-    def head_layout(self) -> HeadLayout:
-        text = self.model.config.text_config
-        n_heads = text.num_attention_heads
-        return HeadLayout(
-            n_layers=text.num_hidden_layers, n_query_heads=n_heads,
-            n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // n_heads)
-
-    def projector(self) -> torch.nn.Module:
-        return self.model.model.multi_modal_projector
 
 
 def load_internvl(path, dtype: torch.dtype, device: str | torch.device,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mechanisms.adapters.base import HeadLayout, ModelAdapter
+from mechanisms.adapters.base import ModelAdapter
 from mechanisms.answers import parse_float_box
 from mechanisms.geometry import Box, View, pad_to_square_view
 
@@ -43,20 +43,6 @@ class LlavaAdapter(ModelAdapter):
         view = self.views(width, height)[0]
         x0, y0, x1, y1 = values
         return view.box_from_canvas(x0 * view.width, y0 * view.height, x1 * view.width, y1 * view.height)
-
-    def language_layers(self) -> list[torch.nn.Module]:
-        return list(self.model.model.language_model.layers)
-
-    def head_layout(self) -> HeadLayout:
-        text = self.model.config.text_config
-        n_heads = text.num_attention_heads
-        return HeadLayout(
-            n_layers=text.num_hidden_layers, n_query_heads=n_heads,
-            n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // n_heads)
-
-    def projector(self) -> torch.nn.Module:
-        return self.model.model.multi_modal_projector
 
 
 def load_llava(path, dtype: torch.dtype, device: str | torch.device) -> LlavaAdapter:

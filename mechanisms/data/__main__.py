@@ -11,7 +11,6 @@ Every command writes a dataset folder (`manifest.json` + `instances.json`) that 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

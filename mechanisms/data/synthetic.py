@@ -12,7 +12,6 @@ Everything is deterministic from `(SceneConfig, seed)`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -40,7 +40,7 @@ from mechanisms.data.synthetic import (
     render_mask,
     render_scene,
 )
-from mechanisms.geometry import Box, iou, mask_bbox
+from mechanisms.geometry import iou, mask_bbox
 from mechanisms.io import atomic_write_json, atomic_write_text
 from mechanisms.models import tiny_llava
 from mechanisms.prompts import binary_prompt, box_prompt, list_prompt
@@ -132,19 +132,27 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
 
 def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps: int, batch: int,
                     lr: float, seed: int, log) -> None:
+    """tiny-llava's tower: which categories are in the scene, from the mean of its patch tokens."""
     tower = model.model.vision_tower
-    tower.embeddings.position_embedding.weight.requires_grad_(False)
-    head = torch.nn.Linear(tower.config.hidden_size, len(CATEGORY_NAMES))
     targets = torch.zeros(len(scenes), len(CATEGORY_NAMES))
     for i, scene in enumerate(scenes):
         for obj in scene.objects:
             targets[i, obj.category_id - 1] = 1
+    pretrain_tower(tower, tower.embeddings.position_embedding.weight, pixels, targets, steps, batch, lr, seed, log)
+
+
+def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tensor, targets: torch.Tensor,
+                   steps: int, batch: int, lr: float, seed: int, log) -> None:
+    """Multi-label classification of `targets` [n, categories] from the mean of each image's patch tokens
+    (CLS dropped): a global objective only. The position table stays fixed; the tower ends frozen."""
+    position_table.requires_grad_(False)
+    head = torch.nn.Linear(tower.config.hidden_size, targets.shape[1])
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     tower.train()
     for step in range(steps):
-        idx = torch.randint(0, len(scenes), (batch,), generator=gen)
+        idx = torch.randint(0, len(pixels), (batch,), generator=gen)
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -158,8 +166,7 @@ def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps:
             acc = ((logits.float() > 0) == targets[idx].bool()).float().mean().item()
             log({"stage": "vision", "step": step, "loss": round(loss.item(), 4), "label_acc": round(acc, 4)})
     tower.eval()
-    for p in tower.parameters():
-        p.requires_grad_(False)
+    tower.requires_grad_(False)
 
 
 @torch.no_grad()

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from mechanisms.adapters.internvl import InternVLAdapter
 from mechanisms.data.synthetic import CATEGORY_NAMES, SceneConfig, SceneSpec, generate_scenes, render_mask, render_scene
 from mechanisms.models import tiny_internvl
-from mechanisms.models.train import TRAIN_SCENE_SEED_OFFSET, ChatBuilder, collate, quick_eval, save_checkpoint
+from mechanisms.models.train import (
+    TRAIN_SCENE_SEED_OFFSET,
+    ChatBuilder,
+    collate,
+    pretrain_tower,
+    quick_eval,
+    save_checkpoint,
+)
 
 MIN_VISIBLE_PIXELS = 16  # a category counts as visible in a view when this much of its mask falls inside
 
@@ -60,31 +67,11 @@ def render_views(scenes: list[SceneSpec], workers: int, chunk: int = 200) -> lis
 
 def pretrain_vision(model, views: list[tuple[np.ndarray, np.ndarray]], steps: int, batch: int, lr: float,
                     seed: int, log) -> None:
+    """tiny-internvl's tower: which categories are visible in each view (tile or thumbnail)."""
     tower = model.model.vision_tower
-    tower.embeddings.position_embeddings.requires_grad_(False)
     pixels = torch.from_numpy(np.concatenate([p for p, _ in views]))
     targets = torch.from_numpy(np.concatenate([t for _, t in views]))
-    head = torch.nn.Linear(tower.config.hidden_size, len(CATEGORY_NAMES))
-    params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(seed)
-    tower.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(pixels), (batch,), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:]
-            logits = head(hidden.mean(1))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            acc = ((logits.float() > 0) == targets[idx].bool()).float().mean().item()
-            log({"stage": "vision", "step": step, "loss": round(loss.item(), 4), "label_acc": round(acc, 4)})
-    tower.eval()
-    tower.requires_grad_(False)
+    pretrain_tower(tower, tower.embeddings.position_embeddings, pixels, targets, steps, batch, lr, seed, log)
 
 
 @torch.no_grad()
