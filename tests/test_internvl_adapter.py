@@ -201,3 +201,35 @@ def test_head_layout_reports_grouped_query_attention(real_geometry_internvl):
     attention = real_geometry_internvl.language_layers()[0].self_attn
     assert attention.o_proj.in_features == layout.n_query_heads * layout.head_dim
     assert attention.k_proj.out_features == layout.n_kv_heads * layout.head_dim
+
+
+@torch.no_grad()
+def test_circuit_hooks_are_exact_on_the_qwen3_lm(real_geometry_internvl):
+    """The family-agnostic circuit tools hold on InternVL's GQA Qwen3 LM: an empty knockout and zero
+    ablated heads reproduce the logits bit for bit; ablating a head at o_proj equals zeroing its W_O columns."""
+    from mechanisms.interventions.heads import ablating_heads
+    from mechanisms.interventions.knockout import knocking_out, spec_for_rows
+
+    adapter = real_geometry_internvl
+    model = adapter.model
+    inputs = adapter.encode([Image.new("RGB", (900, 450), (200, 30, 30))], [box_prompt("red circle")])
+    reference = model(**inputs).logits
+    positions = adapter.image_token_mask(inputs["input_ids"])[0].nonzero()[:, 0]
+    n_layers = adapter.head_layout().n_layers
+    spec = spec_for_rows(1, positions, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [set()], n_layers)
+    with knocking_out(adapter, spec):
+        assert torch.equal(model(**inputs).logits, reference)
+    with ablating_heads(adapter, []):
+        assert torch.equal(model(**inputs).logits, reference)
+    layer, head, d = 1, 3, adapter.head_layout().head_dim
+    with ablating_heads(adapter, [(layer, head)]):
+        hooked = model(**inputs).logits
+    o_proj = adapter.language_layers()[layer].self_attn.o_proj
+    saved = o_proj.weight.data.clone()
+    o_proj.weight.data[:, head * d:(head + 1) * d] = 0
+    try:
+        zeroed = model(**inputs).logits
+    finally:
+        o_proj.weight.data.copy_(saved)
+    assert torch.allclose(hooked, zeroed, atol=1e-5)
+    assert not torch.equal(hooked, reference)
