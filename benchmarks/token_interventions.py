@@ -1,6 +1,7 @@
 """Benchmark: batched token interventions vs a per-sample, per-condition `generate` loop (same run).
 
     python benchmarks/token_interventions.py [--samples 32] [--model-path fixtures/models/tiny-llava]
+    python benchmarks/token_interventions.py --family internvl --model-path fixtures/models/tiny-internvl
 
 The batched path (what the claims use) runs the vision tower once per batch of images and decodes every
 condition from the same visual tokens in batches; the naive path calls `model.generate` once per
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mechanisms.adapters.llava import load_llava
+from mechanisms.adapters import load_adapter
 from mechanisms.data import resolve_dataset
 from mechanisms.evaluation import Generator
 from mechanisms.interventions import conditions as C
@@ -32,10 +33,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model-path", default=str(REPO_ROOT / "fixtures/models/tiny-llava"))
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--family", default="llava", choices=["llava", "internvl"])
     args = parser.parse_args()
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    adapter = load_llava(args.model_path, torch.float32, "cpu")
+    adapter = load_adapter(args.family, Path(args.model_path), torch.float32, "cpu")
     dataset = resolve_dataset("synthetic")
     samples = dataset.samples[: args.samples]
     mean = mean_visual_embedding(adapter, fingerprint_checkpoint(Path(args.model_path)), DEFAULT_REFERENCE,

@@ -145,7 +145,7 @@ def editing_visual_tokens(adapter, edits: list[TokenEdit | None], mean: torch.Te
     """Within the block, the model's own forward passes see edited visual tokens (one edit per image).
 
     A forward hook on the projector: useful to intervene on code that calls the model directly
-    (`model.generate(pixel_values=...)`). Sweeps use `VisualTokenRunner`, which runs the vision tower
+    (`model.generate(pixel_values=...)`). Sweeps use `Generator.generate_conditions`, which runs the vision tower
     once per image instead.
     """
 
