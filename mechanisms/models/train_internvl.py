@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-turns", type=int, default=6)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from a checkpoint this command wrote (a further phase with its own warm-up "
+                             "and cosine decay; the tower stays frozen)")
+    parser.add_argument("--phase", type=int, default=1, help="phase number: seeds this phase's batches and chats")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop early (after the next evaluation) once this much wall time has passed")
     args = parser.parse_args(argv)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     log_rows: list[dict] = []
 
     def log(row: dict) -> None:
-        row = {"minutes": round((time.time() - started) / 60, 2), **row}
+        row = {"minutes": round((time.time() - started) / 60, 2), "phase": args.phase, **row}
         log_rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -127,17 +131,28 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = tiny_internvl.build_tokenizer()
     processor = tiny_internvl.build_processor(tokenizer)
-    model = tiny_internvl.build_model(args.seed, tokenizer)
-    pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log)
+    if args.init is None:
+        model = tiny_internvl.build_model(args.seed, tokenizer)
+        pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log)
+    else:
+        from transformers import InternVLForConditionalGeneration
+
+        model = InternVLForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        model.model.vision_tower.requires_grad_(False)
+        previous = args.init / "training_log.json"
+        if previous.is_file():
+            log_rows.extend({"phase": 1, **row} for row in json.loads(previous.read_text()))
+        log({"stage": "init", "from": str(args.init), "phase": args.phase})
     features = shuffled_features(model, views)
     del views
     log({"stage": "features", "tokens": sum(f.shape[0] for f in features)})
     adapter = InternVLAdapter(model, processor)
-    builder = ChatBuilder(adapter, args.max_turns, random.Random(args.seed),
+    phase_seed = args.seed + 1000 * (args.phase - 1)
+    builder = ChatBuilder(adapter, args.max_turns, random.Random(phase_seed),
                           follow_up=tiny_internvl.FOLLOW_UP_TURN, reply=tiny_internvl.REPLY)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(args.seed + 1)
+    gen = torch.Generator().manual_seed(phase_seed + 1)
     warmup = 200
     card = model_card(args)
     running = []
@@ -189,7 +204,8 @@ A real `InternVLForConditionalGeneration`: InternViT-style tower ({tiny_internvl
 on vlm-mechanisms' synthetic shape scenes.
 
 Reproduce: `python -m mechanisms.models.train_internvl --out {args.out} --seed {args.seed} --steps {args.steps}
---train-scenes {args.train_scenes} --batch {args.batch} --micro-batch {args.micro_batch} --max-turns {args.max_turns}{'' if args.minutes is None else f' --minutes {args.minutes}'}`
+--train-scenes {args.train_scenes} --batch {args.batch} --micro-batch {args.micro_batch} --max-turns {args.max_turns}{'' if args.minutes is None else f' --minutes {args.minutes}'}{'' if args.init is None else f' --init {args.init} --phase {args.phase}'}`
+{'' if args.init is None else f"This checkpoint is phase {args.phase}: further steps from the phase {args.phase - 1} checkpoint (`--init`), with a fresh warm-up and cosine decay; the README lists every phase's command."}
 
 What it was taught (read this before reading a report made on it):
 1. Vision tower: multi-label classification of the categories visible in each view (local tile or
