@@ -12,7 +12,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 
 CHILD = """
 import json, resource, sys, tempfile, time, torch

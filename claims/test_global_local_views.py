@@ -35,7 +35,7 @@ def _view_effects(vlm, dataset, claim):
     conditions = [object_ablation(dataset, p, VIEWS[view]) for view in VIEWS for p in settings["paddings"]]
     effects = measure_effects(vlm, dataset, samples, conditions)
     _record_tables(vlm, dataset, claim, samples, effects, settings["paddings"])
-    return effects, samples
+    return effects
 
 
 def test_removing_global_view_object_tokens_hurts_localization_more_than_local(vlm, dataset, claim):
@@ -45,7 +45,7 @@ def test_removing_global_view_object_tokens_hurts_localization_more_than_local(v
     Paper: §3.1.2, Table 3 (InternVL: -36.4 points global vs -9.7 local)
     """
     profile = vlm.profile
-    effects, _ = _view_effects(vlm, dataset, claim)
+    effects = _view_effects(vlm, dataset, claim)
     paper_base = profile.paper_value("ablation", "baseline")
     for task in TASKS:
         i = TASKS.index(task)
@@ -72,7 +72,7 @@ def test_ablating_both_views_hurts_more_than_either_view_alone(vlm, dataset, cla
     Paper: §3.1.2, Tables 1 and 3
     """
     profile = vlm.profile
-    effects, _ = _view_effects(vlm, dataset, claim)
+    effects = _view_effects(vlm, dataset, claim)
     for task in TASKS:
         arrays = [effects.drop(task, _condition_name(v, 0)) for v in ("both", "global", "local")]
         paper = _paper_drops(profile, task)
@@ -93,7 +93,7 @@ def test_the_two_views_are_synergistic_not_redundant(vlm, dataset, claim):
     Paper: §3.1.2 (InternVL localization: 61.4 vs 36.4 + 9.7; classification: 50.0 vs 9.5 + 6.6)
     """
     profile = vlm.profile
-    effects, _ = _view_effects(vlm, dataset, claim)
+    effects = _view_effects(vlm, dataset, claim)
     for task in TASKS:
         interaction = (effects.drop(task, _condition_name("both", 0)) - effects.drop(task, _condition_name("global", 0))
                        - effects.drop(task, _condition_name("local", 0)))
