@@ -1,3 +1,3 @@
-"""Root conftest: the claims plugin (markers, options, fixtures, reports) lives in mechanisms/pytest_plugin.py."""
+"""Root conftest: the claims plugin (markers, options, fixtures, reports) lives in mechanisms/suite/plugin.py."""
 
-pytest_plugins = ["mechanisms.pytest_plugin"]
+pytest_plugins = ["mechanisms.suite.plugin"]

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechanisms.circuits import knockout_answers, layer_groups, mediate_pair
-from mechanisms.circuits_reference import naive_knockout_answers, naive_mediation, nnsight_mediation
+from mechanisms.experiments.knockout_sweep import knockout_answers, layer_groups
+from mechanisms.experiments.mediation import mediate_pair
+from mechanisms.tasks.specs import BINARY, BOX
+from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation, nnsight_mediation
 from mechanisms.data import resolve_dataset
-from mechanisms.registry import REPO_ROOT, fingerprint_checkpoint, load_profiles
-from mechanisms.adapters.llava import load_llava
-from mechanisms.tasks import VLM
+from mechanisms.models.registry import REPO_ROOT, fingerprint_checkpoint, load_profiles
+from mechanisms.models.adapters.llava import load_llava
+from mechanisms.tasks.model_under_test import VLM
 
 
 def timed(fn):
@@ -46,7 +48,7 @@ def main() -> None:
     if args.real_geometry:
         import tempfile
 
-        from mechanisms.models.tiny_llava import save_random_real_geometry
+        from mechanisms.organisms.tiny_llava import save_random_real_geometry
 
         path = save_random_real_geometry(Path(tempfile.mkdtemp()) / "llava-336", hidden=32 * args.heads,
                                          layers=args.layers, heads=args.heads)
@@ -59,12 +61,12 @@ def main() -> None:
 
     times = {"naive": 0.0, "nnsight": 0.0, "ours": 0.0}
     worst = {"naive": 0.0, "nnsight": 0.0}
-    for task in ("localization", "classification"):
+    for spec in (BOX, BINARY):
         for sample in pairs:
-            ours, t = timed(lambda: mediate_pair(vlm, dataset, sample, task))
+            ours, t = timed(lambda: mediate_pair(vlm, dataset, sample, spec))
             times["ours"] += t
             for name, fn in (("naive", naive_mediation), ("nnsight", nnsight_mediation)):
-                ref, t = timed(lambda fn=fn: fn(vlm, dataset, sample, task, heads))
+                ref, t = timed(lambda fn=fn: fn(vlm, dataset, sample, spec, heads))
                 times[name] += t
                 diff = np.abs(ours.fractions().ravel() - ref.fractions())
                 worst[name] = max(worst[name], float(np.nanmax(diff)))
@@ -80,13 +82,13 @@ def main() -> None:
 
     groups = layer_groups(layout.n_layers, profile.claims["knockout"]["group_sizes"])
     samples = dataset.samples[: args.knockout_samples]
-    for task in ("localization",):
+    for spec in (BOX,):
         vlm.results.memory.clear()
-        fast, t_fast = timed(lambda: knockout_answers(vlm, dataset, samples, task, groups))
-        slow, t_slow = timed(lambda: naive_knockout_answers(vlm, dataset, samples, task, groups))
+        fast, t_fast = timed(lambda: knockout_answers(vlm, dataset, samples, spec, groups))
+        slow, t_slow = timed(lambda: naive_knockout_answers(vlm, dataset, samples, spec, groups))
         agree = sum(a == b for name in fast for a, b in zip(fast[name], slow[name]))
         total = sum(len(v) for v in fast.values())
-        print(f"knockout ({task}): {len(groups)} groups + none x {len(samples)} samples")
+        print(f"knockout ({spec.task}): {len(groups)} groups + baseline x {len(samples)} samples")
         print(f"  full recompute {t_slow:8.2f} s, ours {t_fast:8.2f} s, speed-up {t_slow / t_fast:.1f}x, "
               f"answers agreeing {agree}/{total}")
 

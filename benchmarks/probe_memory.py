@@ -16,13 +16,13 @@ import sys
 CHILD = """
 import json, resource, sys, tempfile, time, torch
 from pathlib import Path
-from mechanisms.adapters.llava import load_llava
-from mechanisms.interventions.reference import reference_images
-from mechanisms.probing import extract
-from mechanisms.registry import REPO_ROOT
+from mechanisms.models.adapters.llava import load_llava
+from mechanisms.data.image_sets import image_set
+from mechanisms.experiments.probing import extract
+from mechanisms.models.registry import REPO_ROOT
 n = int(sys.argv[1])
 adapter = load_llava(REPO_ROOT / "fixtures/models/tiny-llava", torch.float32, "cpu")
-loaders, _ = reference_images(f"synthetic:41:{n}")
+loaders, _ = image_set(f"synthetic:41:{n}")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 root = Path(tempfile.mkdtemp())
 start = time.perf_counter()

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from mechanisms.adapters import load_adapter
+from mechanisms.models.adapters import load_adapter
 from mechanisms.data import resolve_dataset
-from mechanisms.evaluation import Generator
+from mechanisms.tasks.generation import Generator
 from mechanisms.interventions import conditions as C
-from mechanisms.interventions.reference import DEFAULT_REFERENCE, mean_visual_embedding
+from mechanisms.models.mean_embedding import DEFAULT_REFERENCE, mean_visual_embedding
 from mechanisms.interventions.tokens import editing_visual_tokens
-from mechanisms.prompts import box_prompt
-from mechanisms.registry import REPO_ROOT, fingerprint_checkpoint
+from mechanisms.tasks.prompts import box_prompt
+from mechanisms.models.registry import REPO_ROOT, fingerprint_checkpoint
 
 
 def main() -> None:
@@ -42,14 +42,14 @@ def main() -> None:
     samples = dataset.samples[: args.samples]
     mean = mean_visual_embedding(adapter, fingerprint_checkpoint(Path(args.model_path)), DEFAULT_REFERENCE,
                                  REPO_ROOT / ".cache")
-    conditions = [C.object_ablation(dataset, 0), C.object_ablation(dataset, 1), C.matched_random_ablation(dataset, 0),
-                  C.containerization(dataset, 1, 0), C.object_shuffle(dataset, 0), C.full_shuffle(0)]
+    conditions = [C.object_ablation(0), C.object_ablation(1), C.matched_random_ablation(0),
+                  C.containerization(1, 0), C.object_shuffle(0), C.full_shuffle(0)]
     images = [dataset.image(s) for s in samples]
     questions = [box_prompt(s.category) for s in samples]
 
     def makers():
-        return {c.name: (lambda row, f, c=c: c.edit(samples[row], adapter.views(samples[row].width,
-                                                                                  samples[row].height), f))
+        return {c.name: (lambda i, f, c=c: c.edit(samples[i], adapter.views(samples[i].width, samples[i].height), f,
+                                                  dataset))
                 for c in conditions}
 
     start = time.perf_counter()
@@ -61,10 +61,10 @@ def main() -> None:
     naive: dict[str, list[str]] = {c.name: [] for c in conditions}
     with torch.no_grad():
         for c in conditions:
-            for row, (image, question) in enumerate(zip(images, questions)):
+            for i, (image, question) in enumerate(zip(images, questions)):
                 inputs = adapter.encode([image], [question])
                 features = adapter.visual_tokens(inputs)[0]
-                edit = makers()[c.name](row, features)
+                edit = makers()[c.name](i, features)
                 with editing_visual_tokens(adapter, [edit], mean):
                     out = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=args.max_new_tokens,
                                                  pad_token_id=adapter.tokenizer.pad_token_id)

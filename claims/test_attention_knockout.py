@@ -7,10 +7,10 @@ language model's attention changes. Groups: the profile's sizes (the paper: 4 an
 
 import numpy as np
 
-from mechanisms.circuits import consecutive_groups, knockout_answers, layer_groups
-from mechanisms.effects import TASKS, expect_competence
-from mechanisms.evaluation import score_list
-from mechanisms.tasks import box_answers_scored
+from mechanisms.experiments.knockout_sweep import BASELINE, consecutive_groups, knockout_answers, layer_groups
+from mechanisms.experiments.token_effects import expect_competence
+from mechanisms.models.sites import ALL_LAYERS
+from mechanisms.tasks.specs import BOX, LIST, TASKS
 
 
 def _knockout(vlm, dataset, claim):
@@ -19,16 +19,13 @@ def _knockout(vlm, dataset, claim):
     n_layers = vlm.adapter.head_layout().n_layers
     groups = layer_groups(n_layers, settings["group_sizes"])
     scores = {}
-    for task in TASKS:
-        answers = knockout_answers(vlm, dataset, samples, task, groups, settings["padding"])
-        if task == "localization":
-            scores[task] = {n: box_answers_scored(vlm, a, samples).per_sample_score() for n, a in answers.items()}
-        else:
-            scores[task] = {n: score_list(a, [s.category for s in samples]).detected for n, a in answers.items()}
+    for spec in (BOX, LIST):
+        answers = knockout_answers(vlm, dataset, samples, spec, groups, settings["padding"])
+        scores[spec.task] = {n: spec.score(vlm.adapter, a, samples).outcomes() for n, a in answers.items()}
     first = list(consecutive_groups(n_layers, settings["group_sizes"][0]))  # the series the claims compare
     rows = []
     for task in TASKS:
-        base = scores[task]["none"].mean()
+        base = scores[task][BASELINE].mean()
         for order, name in enumerate(groups):
             rows.append({"order": order, "task": task, "mode": name,
                          "value": round(100 * float(scores[task][name].mean()), 2),
@@ -47,12 +44,12 @@ def test_knocking_out_the_object_in_all_layers_destroys_localization(vlm, datase
     """
     scores, _, _ = _knockout(vlm, dataset, claim)
     for task in TASKS:
-        claim.measure(f"{task}_baseline", scores[task]["none"])
-        claim.measure(f"{task}_all_layers_knocked_out", scores[task]["all layers"])
-    drop = claim.difference("localization_drop_all_layers", scores["localization"]["none"],
-                            scores["localization"]["all layers"])
-    claim.difference("classification_drop_all_layers", scores["classification"]["none"],
-                     scores["classification"]["all layers"])
+        claim.measure(f"{task}_baseline", scores[task][BASELINE])
+        claim.measure(f"{task}_all_layers_knocked_out", scores[task][ALL_LAYERS])
+    drop = claim.difference("localization_drop_all_layers", scores["localization"][BASELINE],
+                            scores["localization"][ALL_LAYERS])
+    claim.difference("classification_drop_all_layers", scores["classification"][BASELINE],
+                     scores["classification"][ALL_LAYERS])
     claim.expect_at_least(drop, vlm.profile.claims["knockout"]["min_all_layer_drop_localization"],
                           "all-layer knockout of the object's tokens hurts localization strongly")
 
@@ -67,8 +64,8 @@ def test_the_localization_drop_is_concentrated_in_a_layer_band(vlm, dataset, cla
     settings = vlm.profile.claims["knockout"]
     scores, groups, first = _knockout(vlm, dataset, claim)
     loc = scores["localization"]
-    expect_competence(claim, vlm.profile, _as_effects(scores), "localization")
-    drops = {n: loc["none"] - loc[n] for n in first}
+    expect_competence(claim, vlm.profile, loc[BASELINE], "localization")
+    drops = {n: loc[BASELINE] - loc[n] for n in first}
     worst = max(first, key=lambda n: drops[n].mean())
     claim.note("layer band with the largest localization drop", f"{worst} (groups of {settings['group_sizes'][0]})")
     for name in first:
@@ -76,22 +73,13 @@ def test_the_localization_drop_is_concentrated_in_a_layer_band(vlm, dataset, cla
     ratio = settings["concentration_ratio"]
     concentration = claim.statistic(
         "worst_minus_ratio_times_median_group_drop",
-        lambda *arrays: _worst_minus_median(arrays, ratio), [loc["none"], *[loc[n] for n in first]],
+        lambda *arrays: _worst_minus_median(arrays, ratio), [loc[BASELINE], *[loc[n] for n in first]],
         description=f"max over groups of mean drop - {ratio} x median over groups of mean drop")
     claim.expect_at_least(concentration, settings["min_concentration_excess"],
                           f"the worst group's localization drop exceeds {ratio}x the median group's")
     cls = scores["classification"]
-    worst_cls = max(first, key=lambda n: (cls["none"] - cls[n]).mean())
+    worst_cls = max(first, key=lambda n: (cls[BASELINE] - cls[n]).mean())
     claim.note("layer band with the largest classification drop", worst_cls)
-
-
-def _as_effects(scores):
-    from mechanisms.effects import Effects
-
-    effects = Effects()
-    for task in TASKS:
-        effects.scores[task]["baseline"] = scores[task]["none"]
-    return effects
 
 
 def _worst_minus_median(arrays, ratio):
@@ -108,7 +96,7 @@ def test_classification_is_more_stable_than_localization_under_group_knockout(vl
     """
     settings = vlm.profile.claims["knockout"]
     scores, groups, first = _knockout(vlm, dataset, claim)
-    arrays = [scores[t]["none"] for t in TASKS] + [scores[t][n] for t in TASKS for n in first]
+    arrays = [scores[t][BASELINE] for t in TASKS] + [scores[t][n] for t in TASKS for n in first]
     k = len(first)
 
     def worst_share(base, group_scores):
@@ -118,9 +106,9 @@ def test_classification_is_more_stable_than_localization_under_group_knockout(vl
         return worst_share(loc_base, rest[:k]) - worst_share(cls_base, rest[k:])
 
     claim.statistic("localization_worst_group_share_lost", lambda b, *g: worst_share(b, g),
-                    [scores["localization"]["none"], *[scores["localization"][n] for n in first]])
+                    [scores["localization"][BASELINE], *[scores["localization"][n] for n in first]])
     claim.statistic("classification_worst_group_share_lost", lambda b, *g: worst_share(b, g),
-                    [scores["classification"]["none"], *[scores["classification"][n] for n in first]])
+                    [scores["classification"][BASELINE], *[scores["classification"][n] for n in first]])
     stability = claim.statistic("share_lost_localization_minus_classification", gap, arrays)
     claim.expect_at_least(stability, settings["min_stability_gap"],
                           "classification is more stable than localization under group knockout")

@@ -3,8 +3,8 @@
 Every other claim measures drops from this baseline; a model below its floor makes them noise.
 """
 
-from mechanisms.evaluation import IOU_THRESHOLDS
-from mechanisms.tasks import classify_by_list, localize
+from mechanisms.tasks.scoring import IOU_THRESHOLDS
+from mechanisms.tasks.specs import BOX, LIST
 
 
 def test_model_localizes_and_classifies_objects(vlm, dataset, claim):
@@ -16,10 +16,10 @@ def test_model_localizes_and_classifies_objects(vlm, dataset, claim):
     """
     profile = vlm.profile
     samples = claim.samples(dataset)
-    boxes = localize(vlm, dataset, samples)
-    listed = classify_by_list(vlm, dataset, samples)
+    boxes = vlm.ask(BOX, dataset, samples)
+    listed = vlm.ask(LIST, dataset, samples)
 
-    localization = claim.measure("localization_score", boxes.per_sample_score(),
+    localization = claim.measure("localization_score", boxes.outcomes(),
                                  paper=profile.paper_value("baseline", "localization"))
     for threshold in IOU_THRESHOLDS:
         claim.measure(f"success_at_iou_{threshold}", boxes.success(threshold))

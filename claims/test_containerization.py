@@ -8,8 +8,8 @@ padding p match the ground-truth box grown by s = p cells better than any other 
 import numpy as np
 
 from mechanisms.geometry import grow_by_cells
-from mechanisms.interventions.conditions import containerization
-from mechanisms.tasks import box_answers_scored, localize_under
+from mechanisms.interventions.conditions import BASELINE, containerization
+from mechanisms.tasks.specs import BOX
 
 
 def test_predicted_boxes_grow_with_the_token_container(vlm, dataset, claim):
@@ -24,17 +24,17 @@ def test_predicted_boxes_grow_with_the_token_container(vlm, dataset, claim):
     samples = claim.samples(dataset, limit=profile.claims["interventions"]["max_objects"])
     seeds = [claim.seed + i for i in range(settings["seeds"])]
     rings, scales = settings["rings"], settings["scales"]
-    conditions = {p: [containerization(dataset, p, s) for s in seeds] for p in rings}
-    answers = localize_under(vlm, dataset, samples, [None, *[c for cs in conditions.values() for c in cs]])
+    conditions = {p: [containerization(p, s) for s in seeds] for p in rings}
+    answers = vlm.ask_under(BOX, dataset, samples, [BASELINE, *[c for cs in conditions.values() for c in cs]])
     truths = {s: [grow_by_cells(x.box, vlm.adapter.views(x.width, x.height), s) for x in samples] for s in scales}
 
-    def scores(result, s):
-        return box_answers_scored(vlm, result.answers, samples, truths[s]).per_sample_score()
+    def scores(condition, s):
+        return BOX.score(vlm.adapter, answers[condition].texts, samples, truths[s]).outcomes()
 
     # per_seed[p][s]: [n_seeds, n_samples]; p = 0 is the unmodified model (one "seed")
-    per_seed = {0: {s: np.asarray([scores(answers["none"], s)]) for s in scales}}
+    per_seed = {0: {s: np.asarray([scores(BASELINE, s)]) for s in scales}}
     for p in rings:
-        per_seed[p] = {s: np.asarray([scores(answers[c.name], s) for c in conditions[p]]) for s in scales}
+        per_seed[p] = {s: np.asarray([scores(c, s) for c in conditions[p]]) for s in scales}
 
     rows = []
     for p, by_scale in per_seed.items():
@@ -56,4 +56,5 @@ def test_predicted_boxes_grow_with_the_token_container(vlm, dataset, claim):
             claim.expect_at_least(margin, settings["min_diagonal_margin"],
                                   f"padding {p} predictions match the +{p}-cell box better than the +{s}-cell box")
     claim.measure("boxes_parsed_padding" + "_".join(map(str, rings)),
-                  np.mean([answers[c.name].parsed for cs in conditions.values() for c in cs], axis=0))
+                  np.mean([BOX.score(vlm.adapter, answers[c].texts, samples).parsed
+                           for cs in conditions.values() for c in cs], axis=0))

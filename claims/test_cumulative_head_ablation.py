@@ -9,8 +9,10 @@ closest to zero). Normalized AUC = area under accuracy vs fraction / (fraction r
 import numpy as np
 import pytest
 
-from mechanisms.circuits import answers_with_heads_ablated, mediation, normalized_auc
-from mechanisms.tasks import box_answers_scored
+from mechanisms.experiments.head_ablation import answers_with_heads_ablated, normalized_auc
+from mechanisms.experiments.mediation import mediation
+from mechanisms.models.sites import Head
+from mechanisms.tasks.specs import BINARY, BOX
 
 
 def _curves(vlm, dataset, claim):
@@ -21,12 +23,12 @@ def _curves(vlm, dataset, claim):
     pairs = claim.samples(dataset, pool=pool, limit=profile.claims["mediation"]["pairs"])
     gap = profile.claims["mediation"]["min_relative_gap"]
     rankings = {}
-    for task in ("localization", "classification"):
-        rankings[f"{task}-critical"] = mediation(vlm, dataset, pairs, task, gap).ranked()
-    loc_mf = mediation(vlm, dataset, pairs, "localization", gap).mean_mf
+    for spec in (BOX, BINARY):
+        rankings[f"{spec.task}-critical"] = mediation(vlm, dataset, pairs, spec, gap).ranked()
+    loc_mf = mediation(vlm, dataset, pairs, BOX, gap).mean_mf
     flat = np.abs(np.nan_to_num(loc_mf, nan=np.inf)).ravel()
     n_heads = loc_mf.shape[1]
-    rankings["low-importance"] = [(int(i) // n_heads, int(i) % n_heads)
+    rankings["low-importance"] = [Head(int(i) // n_heads, int(i) % n_heads)
                                   for i in np.lexsort((np.arange(flat.size), flat))]
     settings = profile.claims["head_ablation"]
     samples = claim.samples(dataset, limit=settings["max_objects"])
@@ -37,8 +39,8 @@ def _curves(vlm, dataset, claim):
         curves[name] = []
         for i, fraction in enumerate(fractions):
             heads = ranked[: int(round(fraction * len(ranked)))]
-            answers = answers_with_heads_ablated(vlm, dataset, samples, heads, name)
-            scores = box_answers_scored(vlm, answers, samples).per_sample_score()
+            answers = answers_with_heads_ablated(vlm, dataset, samples, heads)
+            scores = BOX.score(vlm.adapter, answers, samples).outcomes()
             curves[name].append(scores)
             rows.append({"order": i, "mode": name, "fraction": fraction, "heads": len(heads),
                          "value": round(100 * float(scores.mean()), 2)})

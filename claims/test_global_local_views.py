@@ -9,19 +9,19 @@ local pathway to compare.
 import numpy as np
 import pytest
 
-from mechanisms.effects import BASELINE, TASKS, measure_effects
+from mechanisms.experiments.token_effects import measure_effects
 from mechanisms.geometry import coco_equivalent_area, coco_size_bucket
-from mechanisms.interventions.conditions import object_ablation
+from mechanisms.interventions.conditions import BASELINE, object_ablation
 from mechanisms.interventions.selection import object_tokens, view_kinds
+from mechanisms.tasks.specs import TASKS
 
 VIEWS = {"global": ("global",), "local": ("local",), "both": None}
-LABELS = {"global": "Global", "local": "Local", "both": "Both"}
 SIZES = ("small", "medium", "large")
 
 
-def _condition_name(view: str, padding: int) -> str:
-    where = "" if VIEWS[view] is None else "@" + "+".join(VIEWS[view])
-    return f"ablate:object{padding:+d}{where}"
+def _ablated(view: str, padding: int = 0):
+    """Object-token ablation in the views of one kind (or both kinds), grown by `padding` rings."""
+    return object_ablation(padding=padding, views=VIEWS[view])
 
 
 def _view_effects(vlm, dataset, claim):
@@ -32,7 +32,7 @@ def _view_effects(vlm, dataset, claim):
     if not samples:
         pytest.skip("this model sees each image through a single view: there is no global/local split to ablate")
     claim.note("objects_without_both_views", len(pool) - len(samples))
-    conditions = [object_ablation(dataset, p, VIEWS[view]) for view in VIEWS for p in settings["paddings"]]
+    conditions = [_ablated(view, p) for view in VIEWS for p in settings["paddings"]]
     effects = measure_effects(vlm, dataset, samples, conditions)
     _record_tables(vlm, dataset, claim, samples, effects, settings["paddings"])
     return effects
@@ -46,19 +46,18 @@ def test_removing_global_view_object_tokens_hurts_localization_more_than_local(v
     """
     profile = vlm.profile
     effects = _view_effects(vlm, dataset, claim)
-    paper_base = profile.paper_value("ablation", "baseline")
     for task in TASKS:
-        i = TASKS.index(task)
-        claim.measure(f"{task}_baseline", effects.of(task, BASELINE), paper=paper_base and paper_base[i])
+        paper_base = profile.paper_value(*BASELINE.paper, task)
+        claim.measure(f"{task}_baseline", effects.of(task, BASELINE), paper=paper_base)
         for view in ("global", "local"):
-            paper = profile.paper_value("view_ablation", f"{view}+0")
-            claim.measure(f"{task}_drop_{view}_only", effects.drop(task, _condition_name(view, 0)),
-                          paper=paper and round(paper_base[i] - paper[i], 4))
-    paper_g, paper_l = (profile.paper_value("view_ablation", f"{v}+0") for v in ("global", "local"))
+            paper = profile.paper_value(*_ablated(view).paper, task)
+            claim.measure(f"{task}_drop_{view}_only", effects.drop(task, _ablated(view)),
+                          paper=paper and round(paper_base - paper, 4))
+    paper_g, paper_l = (profile.paper_value(*_ablated(v).paper, "localization") for v in ("global", "local"))
     gap = claim.difference("localization_drop_global_minus_local",
-                           effects.drop("localization", _condition_name("global", 0)),
-                           effects.drop("localization", _condition_name("local", 0)),
-                           paper=paper_g and round(paper_l[0] - paper_g[0], 4),
+                           effects.drop("localization", _ablated("global")),
+                           effects.drop("localization", _ablated("local")),
+                           paper=paper_g and round(paper_l - paper_g, 4),
                            description="drop(global-view object tokens) - drop(local-view object tokens), per object")
     claim.expect_at_least(gap, profile.claims["views"]["min_global_minus_local_localization"],
                           "removing global-view object tokens hurts localization more than removing local-view ones")
@@ -74,7 +73,7 @@ def test_ablating_both_views_hurts_more_than_either_view_alone(vlm, dataset, cla
     profile = vlm.profile
     effects = _view_effects(vlm, dataset, claim)
     for task in TASKS:
-        arrays = [effects.drop(task, _condition_name(v, 0)) for v in ("both", "global", "local")]
+        arrays = [effects.drop(task, _ablated(v)) for v in ("both", "global", "local")]
         paper = _paper_drops(profile, task)
         excess = claim.statistic(
             f"{task}_drop_both_minus_stronger_single_view",
@@ -95,8 +94,8 @@ def test_the_two_views_are_synergistic_not_redundant(vlm, dataset, claim):
     profile = vlm.profile
     effects = _view_effects(vlm, dataset, claim)
     for task in TASKS:
-        interaction = (effects.drop(task, _condition_name("both", 0)) - effects.drop(task, _condition_name("global", 0))
-                       - effects.drop(task, _condition_name("local", 0)))
+        interaction = (effects.drop(task, _ablated("both")) - effects.drop(task, _ablated("global"))
+                       - effects.drop(task, _ablated("local")))
         paper = _paper_drops(profile, task)
         measured = claim.measure(f"{task}_interaction", interaction,
                                  paper=paper and round(paper["both"] - paper["global"] - paper["local"], 4),
@@ -106,25 +105,23 @@ def test_the_two_views_are_synergistic_not_redundant(vlm, dataset, claim):
 
 
 def _paper_drops(profile, task: str) -> dict | None:
-    base = profile.paper_value("ablation", "baseline")
-    values = {v: profile.paper_value("view_ablation", f"{v}+0") for v in VIEWS}
+    base = profile.paper_value(*BASELINE.paper, task)
+    values = {v: profile.paper_value(*_ablated(v).paper, task) for v in VIEWS}
     if base is None or any(x is None for x in values.values()):
         return None
-    i = TASKS.index(task)
-    return {v: base[i] - x[i] for v, x in values.items()}
+    return {v: base - x for v, x in values.items()}
 
 
 def _record_tables(vlm, dataset, claim, samples, effects, paddings):
     """Table 3 (accuracy per view and padding, with the share of each view kind's tokens removed) and
     Figure 10 (the drops by COCO size bucket on 640-px-equivalent areas: `coco_equivalent_area`)."""
     profile, adapter = vlm.profile, vlm.adapter
-    rows = [_table3_row(0, "Baseline", "", effects, BASELINE, None, None, profile)]
+    rows = [_table3_row(0, effects, BASELINE, None, profile)]
     for v_index, view in enumerate(("local", "global", "both")):
         for p in paddings:
-            strategy = "Object" if p == 0 else f"{p:+d} Padding"
-            shares = _token_shares(adapter, dataset, samples, p, VIEWS[view])
-            rows.append(_table3_row(10 * (v_index + 1) + p + 2, LABELS[view], strategy, effects,
-                                    _condition_name(view, p), f"{view}{p:+d}", shares, profile))
+            condition = _ablated(view, p)
+            rows.append(_table3_row(10 * (v_index + 1) + p + 2, effects, condition,
+                                    _token_shares(adapter, dataset, samples, condition), profile))
     claim.table("table3", rows, title="Table 3: object-token ablation in the global view, the local views, "
                                       "or both (accuracy %, drop in points)")
     buckets = np.array([coco_size_bucket(coco_equivalent_area(s.box.area, s.width, s.height)) for s in samples])
@@ -132,12 +129,12 @@ def _record_tables(vlm, dataset, claim, samples, effects, paddings):
     figure_rows = []
     for t_index, task in enumerate(TASKS):
         for v_index, view in enumerate(("global", "local", "both")):
-            drop = effects.drop(task, _condition_name(view, 0))
+            drop = effects.drop(task, _ablated(view))
             for s_index, size in enumerate(SIZES):
                 chosen = buckets == size
                 if chosen.any():
                     figure_rows.append({"order": 100 * t_index + 10 * v_index + s_index, "task": task,
-                                        "view": LABELS[view], "size": size, "n": int(chosen.sum()),
+                                        "view": _ablated(view).view_label, "size": size, "n": int(chosen.sum()),
                                         "drop_points": round(100 * float(drop[chosen].mean()), 2)})
     claim.table("figure10", figure_rows, title="Figure 10: drop (points) when ablating object tokens per view, "
                 "by COCO size bucket (areas rescaled to a 640 px long side)",
@@ -145,12 +142,12 @@ def _record_tables(vlm, dataset, claim, samples, effects, paddings):
                         "ylabel": "drop (points)"})
 
 
-def _token_shares(adapter, dataset, samples, padding, kinds) -> dict:
+def _token_shares(adapter, dataset, samples, condition) -> dict:
     """Mean share of all image tokens, and of the global / local views' own tokens, that a selection removes."""
     total, per_kind = [], {"global": [], "local": []}
     for s in samples:
         views = adapter.views(s.width, s.height)
-        selected = object_tokens(views, dataset.mask(s), padding, kinds)
+        selected = object_tokens(views, dataset.mask(s), condition.padding, condition.views)
         owner = view_kinds(views)
         total.append(selected.mean())
         for kind in per_kind:
@@ -158,17 +155,21 @@ def _token_shares(adapter, dataset, samples, padding, kinds) -> dict:
     return {"all": float(np.mean(total)), **{k: float(np.mean(v)) for k, v in per_kind.items()}}
 
 
-def _table3_row(order, view, strategy, effects, name, paper_key, shares, profile) -> dict:
-    paper = profile.paper_value("view_ablation", paper_key) if paper_key else profile.paper_value("ablation", "baseline")
-    paper_tokens = profile.paper_value("view_ablation_tokens", paper_key) if paper_key else None
-    row = {"order": order, "view": view, "strategy": strategy,
+def _table3_row(order, effects, condition, shares, profile) -> dict:
+    """Table 3's row for one (view, padding) condition (ablating both views is Table 1's object ablation)."""
+    baseline = condition == BASELINE
+    view = "Baseline" if baseline else condition.view_label
+    paper_section, key = condition.paper
+    paper_tokens = None if baseline else profile.paper_value(f"{paper_section}_tokens", key)
+    row = {"order": order, "view": view, "strategy": "" if baseline else condition.label,
            "tokens_pct": round(100 * shares["all"], 2) if shares else 0.0,
            "global_tokens_pct": round(100 * shares["global"], 2) if shares else 0.0,
            "local_tokens_pct": round(100 * shares["local"], 2) if shares else 0.0,
            "paper_tokens_pct": None if paper_tokens is None else round(100 * paper_tokens, 2)}
-    for i, task in enumerate(TASKS):
-        value = effects.of(task, name).mean()
+    for task in TASKS:
+        value = effects.of(task, condition).mean()
+        paper = profile.paper_value(paper_section, key, task)
         row[task] = round(100 * float(value), 2)
         row[f"{task}_drop"] = round(100 * float(effects.of(task, BASELINE).mean() - value), 2)
-        row[f"paper_{task}"] = None if paper is None else round(100 * paper[i], 2)
+        row[f"paper_{task}"] = None if paper is None else round(100 * paper, 2)
     return row

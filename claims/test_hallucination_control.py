@@ -3,7 +3,7 @@ the list query names the removed object (§6.2), which is why the paper classifi
 
 import pytest
 
-from mechanisms.tasks import ask_presence, classify_by_list
+from mechanisms.tasks.specs import BINARY, LIST
 
 
 def test_binary_prompt_hallucinates_more_than_list_prompt(vlm, dataset, claim):
@@ -17,8 +17,8 @@ def test_binary_prompt_hallucinates_more_than_list_prompt(vlm, dataset, claim):
     if not pairs:
         pytest.skip(f"dataset {dataset.name} has no object-removed images (build them with the data command)")
     samples = claim.samples(dataset, pool=pairs)
-    binary = ask_presence(vlm, dataset, samples, counterfactual=True)
-    listed = classify_by_list(vlm, dataset, samples, counterfactual=True)
+    binary = vlm.ask(BINARY, dataset, samples, counterfactual=True)
+    listed = vlm.ask(LIST, dataset, samples, counterfactual=True)
 
     claim.measure("binary_fpr", binary.detected, paper=vlm.profile.paper_value("hallucination", "binary_fpr"))
     claim.measure("list_fpr", listed.detected, paper=vlm.profile.paper_value("hallucination", "list_fpr"))

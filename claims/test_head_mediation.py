@@ -10,7 +10,8 @@ binary prompt ("Yes").
 import numpy as np
 import pytest
 
-from mechanisms.circuits import gini, mediation, top_share
+from mechanisms.experiments.mediation import gini, mediation, top_share
+from mechanisms.tasks.specs import BINARY, BOX
 
 
 def _pairs(vlm, dataset, claim):
@@ -23,8 +24,8 @@ def _pairs(vlm, dataset, claim):
 def _both(vlm, dataset, claim):
     settings = vlm.profile.claims["mediation"]
     samples = _pairs(vlm, dataset, claim)
-    results = {task: mediation(vlm, dataset, samples, task, settings["min_relative_gap"])
-               for task in ("localization", "classification")}
+    results = {spec.task: mediation(vlm, dataset, samples, spec, settings["min_relative_gap"])
+               for spec in (BOX, BINARY)}
     for task, result in results.items():
         claim.note(f"{task}: pairs kept / excluded (P_base - P_src < {settings['min_relative_gap']} P_src)",
                    f"{len(result.kept)} / {len(result.excluded)}")

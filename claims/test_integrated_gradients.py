@@ -5,9 +5,10 @@ Integrated Gradients (captum) ranks the image tokens by attribution magnitude to
 is compared with ablating k random tokens, repeated over the profile's seeds.
 """
 
-from mechanisms.effects import Effects, ablation_row, measure_effects
-from mechanisms.interventions.attribution import integrated_gradients
-from mechanisms.interventions.conditions import random_ablation, top_k_ablation
+from mechanisms.experiments.attribution import integrated_gradients
+from mechanisms.experiments.token_effects import Effects, ablation_row, measure_effects
+from mechanisms.interventions.conditions import BASELINE, random_ablation, top_k_ablation
+from mechanisms.tasks.specs import BOX, LIST
 
 
 def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(vlm, dataset, claim):
@@ -21,38 +22,34 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
     samples = claim.samples(dataset, limit=profile.claims["interventions"]["max_objects"])
     seeds = [claim.seed + i for i in range(profile.claims["interventions"]["random_seeds"])]
     randoms = {k: [random_ablation(k, s) for s in seeds] for k in settings["random_k"]}
-    random_conditions = [c for group in randoms.values() for c in group]
-    effects = Effects()
-    for task in ("localization", "classification"):
-        scores = integrated_gradients(vlm, dataset, samples, task, settings["steps"])
-        by_k = {k: top_k_ablation(f"ig-{task}", scores, k) for k in settings["k"]}
-        measured = measure_effects(vlm, dataset, samples, [*by_k.values(), *random_conditions], tasks=(task,))
-        effects.scores[task].update(measured.scores[task])
-        for k, condition in by_k.items():  # one name per k for both tasks' rows
-            effects.scores[task][f"ig-top{k}"] = measured.scores[task][condition.name]
-            effects.tokens[f"ig-top{k}"] = measured.tokens[condition.name]
-        effects.tokens.update(measured.tokens)
+    effects, top = Effects(), {}  # top[task][k]: the task's own IG ranking, cut at k
+    for spec in (BOX, LIST):
+        scores = integrated_gradients(vlm, dataset, samples, spec, settings["steps"])
+        top[spec.task] = {k: top_k_ablation(f"ig-{spec.task}", scores, k) for k in settings["k"]}
+        effects.update(measure_effects(vlm, dataset, samples, [*top[spec.task].values(),
+                                                               *[c for cs in randoms.values() for c in cs]],
+                                       specs=(spec,)))
 
     k = settings["compare_k"]
-    names = [c.name for c in randoms[k]]
-    paper_ig, paper_random = (profile.paper_value("ablation", f"integrated-gradients-{k}"),
-                              profile.paper_value("ablation", f"random-{k}"))
-    for i, task in enumerate(("localization", "classification")):
-        claim.measure(f"{task}_baseline", effects.of(task, "baseline"))
-        claim.measure(f"{task}_ig_top{k}", effects.of(task, f"ig-top{k}"), paper=paper_ig and paper_ig[i])
-        claim.measure(f"{task}_random{k}", effects.of(task, names), paper=paper_random and paper_random[i],
-                      seed_std=effects.seed_std(task, names), random_seeds=seeds)
-        excess = claim.difference(f"{task}_excess_drop_ig_vs_random_k{k}", effects.drop(task, f"ig-top{k}"),
-                                  effects.drop(task, names))
-        if task == "localization":
+    for spec in (BOX, LIST):
+        task = spec.task
+        claim.measure(f"{task}_baseline", effects.of(task, BASELINE))
+        claim.measure(f"{task}_ig_top{k}", effects.of(task, top[task][k]),
+                      paper=profile.paper_value(*top[task][k].paper, task))
+        claim.measure(f"{task}_random{k}", effects.of(task, randoms[k]),
+                      paper=profile.paper_value(*randoms[k][0].paper, task),
+                      seed_std=effects.seed_std(task, randoms[k]), random_seeds=seeds)
+        excess = claim.difference(f"{task}_excess_drop_ig_vs_random_k{k}", effects.drop(task, top[task][k]),
+                                  effects.drop(task, randoms[k]))
+        if spec is BOX:
             claim.expect_at_least(excess, settings["min_excess_drop_localization"],
                                   f"the top-{k} IG tokens hurt localization more than {k} random tokens")
 
-    rows = [ablation_row(0, "Baseline", effects, ["baseline"], "baseline", profile)]
-    rows += [ablation_row(10 + i, "Integrated Gradients", effects, [f"ig-top{k}"], f"integrated-gradients-{k}",
-                          profile, k=k) for i, k in enumerate(settings["k"])]
-    rows += [ablation_row(20 + i, f"Random ({len(seeds)} seeds)", effects, [c.name for c in randoms[k]],
-                          f"random-{k}", profile, k=k) for i, k in enumerate(settings["random_k"])]
+    rows = [ablation_row(0, effects, BASELINE, profile)]
+    rows += [ablation_row(10 + i, effects, {task: top[task][k] for task in top}, profile, k=k)
+             for i, k in enumerate(settings["k"])]
+    rows += [ablation_row(20 + i, effects, randoms[k], profile, k=k) for i, k in enumerate(settings["random_k"])]
     claim.table("table1", rows, title="Table 1: accuracy after token ablation (%)")
-    claim.note("IG target", "log-prob of the GT box's digit tokens (localization) / of the class name after the "
-                            f"list prompt (classification); baseline = mean visual embedding; {settings['steps']} steps")
+    claim.note("IG target", "log-prob of the GT box's choice-carrying digit tokens (localization) / of the class "
+                            "name after the list prompt (classification); baseline = mean visual embedding; "
+                            f"{settings['steps']} steps")

@@ -7,7 +7,8 @@ intervals bootstrap over held-out *images* (the tokens of one image are not inde
 
 import numpy as np
 
-from mechanisms.probing import corner_mask, probe_study
+from mechanisms.experiments.probing import corner_mask, probe_study
+from mechanisms.models import sites
 
 
 def _study(vlm, request, claim):
@@ -16,7 +17,7 @@ def _study(vlm, request, claim):
     test = request.config.getoption("vlm_probe_test") or settings["test_images"]
     study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed)
     order = {s: i for i, s in enumerate(study.results)}
-    rows = [{"order": order[s], "mode": s, "kind": s.split(".")[0], "value": round(100 * r.accuracy, 2),
+    rows = [{"order": order[s], "mode": s, "kind": sites.stage_of(s), "value": round(100 * r.accuracy, 2),
              "row_accuracy": round(100 * r.row_accuracy, 2), "col_accuracy": round(100 * r.col_accuracy, 2)}
             for s, r in study.results.items()]
     claim.table("figure2", rows, title="Figure 2: positional decoding accuracy (%) per stage (mean of row/col)",
@@ -39,7 +40,7 @@ def test_position_is_decodable_early_in_the_backbone_and_fades_with_depth(vlm, d
     Paper: §3.2, Figure 2 (left, backbone layers)
     """
     study, settings = _study(vlm, request, claim)
-    vision = study.stages("vision.")
+    vision = study.stages(sites.VISION)
     early = vision[: max(1, len(vision) // 3)]
     best = max(early, key=lambda s: study.results[s].accuracy)
     last = vision[-1]
@@ -60,8 +61,8 @@ def test_the_projector_keeps_the_corners(vlm, dataset, claim, request):
     Paper: §3.2, Figure 11 (projection)
     """
     study, settings = _study(vlm, request, claim)
-    result = study.results["projector"]
-    rows, cols = study.grid("projector")
+    result = study.results[sites.PROJECTOR]
+    rows, cols = study.grid(sites.PROJECTOR)
     corners = corner_mask(rows, cols)[result.test_rows, result.test_cols]
     chance = 1.0 / (rows * cols)
     claim.measure("projector_accuracy", result.per_image())
@@ -85,15 +86,15 @@ def test_the_language_model_rebuilds_position_to_a_peak(vlm, dataset, claim, req
     Paper: §3.2, Figure 2 (LM layers; peak at layer 12 for LLaVA-7B, 13 for LLaVA-13B, 7 for InternVL-8B)
     """
     study, settings = _study(vlm, request, claim)
-    llm = study.stages("llm.")
+    llm = study.stages(sites.LLM)
     peak = max(llm, key=lambda s: study.results[s].accuracy)
     paper_peak = vlm.profile.paper_value("probing", "peak_llm_layer")
-    claim.note("peak LM layer", f"{int(peak.split('.')[1])} of {len(llm)}"
+    claim.note("peak LM layer", f"{sites.layer_of(peak)} of {len(llm)}"
                + (f" (paper: {paper_peak})" if paper_peak is not None else ""))
     for stage in llm:
         claim.measure(f"accuracy_{stage}", study.results[stage].per_image())
     gain = claim.difference(f"{peak}_minus_projector", study.results[peak].per_image(),
-                            study.results["projector"].per_image())
+                            study.results[sites.PROJECTOR].per_image())
     claim.expect_at_least(gain, settings["min_llm_gain_over_projector"], "the LM's peak exceeds the projector")
     result = study.results[peak]
     _, cols = study.grid(peak)

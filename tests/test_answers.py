@@ -1,4 +1,4 @@
-"""Parsing model answers (mechanisms.answers) and the LLaVA adapter's box format round trip."""
+"""Parsing model answers (mechanisms.tasks.answers) and the LLaVA adapter's box format round trip."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mechanisms.adapters.llava import LlavaAdapter
-from mechanisms.answers import mentions, parse_float_box, parse_internvl_box, parse_yes_no
+from mechanisms.models.adapters.llava import LlavaAdapter
+from mechanisms.models.adapters.internvl import parse_internvl_box
+from mechanisms.models.adapters.llava import parse_float_box
+from mechanisms.tasks.answers import mentions, parse_yes_no
 from mechanisms.geometry import Box
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)

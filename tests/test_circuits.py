@@ -10,15 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mechanisms import circuits
-from mechanisms.adapters.llava import load_llava
-from mechanisms.circuits_reference import naive_knockout_answers, naive_mediation, nnsight_mediation
+from mechanisms.experiments import head_ablation, knockout_sweep, mediation
+from mechanisms.tasks.specs import BINARY, BOX
+from mechanisms.models.adapters.llava import load_llava
+from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation, nnsight_mediation
 from mechanisms.data import resolve_dataset
 from mechanisms.interventions.heads import ablating_heads, patching_heads, recording_heads
-from mechanisms.interventions.knockout import knocking_out, spec_for_rows
-from mechanisms.prompts import box_prompt
-from mechanisms.registry import REPO_ROOT, load_profiles
-from mechanisms.tasks import VLM
+from mechanisms.interventions.knockout import knocking_out, spec_per_layer_set
+from mechanisms.tasks.prompts import box_prompt
+from mechanisms.models.registry import REPO_ROOT, load_profiles
+from mechanisms.tasks.model_under_test import VLM
 
 SHIPPED = REPO_ROOT / "fixtures/models/tiny-llava"
 
@@ -47,7 +48,7 @@ def test_empty_knockout_and_zero_heads_ablated_are_exact_identities(vlm, inputs)
     model, adapter = vlm.adapter.model, vlm.adapter
     reference = model(**inputs).logits
     positions = adapter.image_token_mask(inputs["input_ids"])[0].nonzero()[:, 0]
-    spec = spec_for_rows(1, positions, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [set()],
+    spec = spec_per_layer_set(positions, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [set()],
                          adapter.head_layout().n_layers)
     with knocking_out(adapter, spec):
         assert torch.equal(model(**inputs).logits, reference)
@@ -95,7 +96,7 @@ def test_knocking_out_every_image_key_everywhere_equals_deleting_the_image(vlm, 
     positions = adapter.image_token_mask(inputs["input_ids"])[0].nonzero()[:, 0]
     n_layers = adapter.head_layout().n_layers
     end = int(positions[-1]) + 1
-    spec = spec_for_rows(1, positions, inputs["input_ids"].shape[1], end, [set(range(n_layers))], n_layers)
+    spec = spec_per_layer_set(positions, inputs["input_ids"].shape[1], end, [set(range(n_layers))], n_layers)
     with knocking_out(adapter, spec):
         blocked = model(**inputs).logits[:, end:]
     keep = torch.ones(inputs["input_ids"].shape[1], dtype=torch.bool)
@@ -113,35 +114,35 @@ def test_mediation_matches_naive_loop_and_nnsight(vlm, dataset):
     sample = dataset.with_counterfactuals()[0]
     layout = vlm.adapter.head_layout()
     heads = [(0, 0), (1, 3), (layout.n_layers - 1, 2)]
-    for task in ("localization", "classification"):
-        ours = circuits.mediate_pair(vlm, dataset, sample, task, batch_size=7)
+    for spec in (BOX, BINARY):
+        ours = mediation.mediate_pair(vlm, dataset, sample, spec, batch_size=7)
         index = [l * layout.n_query_heads + h for l, h in heads]
-        for reference in (naive_mediation(vlm, dataset, sample, task, heads),
-                          nnsight_mediation(vlm, dataset, sample, task, heads)):
+        for reference in (naive_mediation(vlm, dataset, sample, spec, heads),
+                          nnsight_mediation(vlm, dataset, sample, spec, heads)):
             assert abs(ours.p_source - reference.p_source) < 1e-4 * max(1.0, reference.p_source)
             assert abs(ours.p_base - reference.p_base) < 1e-4 * max(1.0, reference.p_base)
             np.testing.assert_allclose(ours.fractions().ravel()[index], reference.fractions(), atol=1e-4)
 
 
 def test_fast_knockout_answers_match_full_recompute(vlm, dataset):
-    groups = circuits.layer_groups(vlm.adapter.head_layout().n_layers, [3])
+    groups = knockout_sweep.layer_groups(vlm.adapter.head_layout().n_layers, [3])
     samples = dataset.samples[:2]
-    fast = circuits.knockout_answers(vlm, dataset, samples, "localization", groups)
-    slow = naive_knockout_answers(vlm, dataset, samples, "localization", groups)
+    fast = knockout_sweep.knockout_answers(vlm, dataset, samples, BOX, groups)
+    slow = naive_knockout_answers(vlm, dataset, samples, BOX, groups)
     assert fast == slow
 
 
 def test_scored_tokens_mask_the_template(vlm):
     tokenizer = vlm.adapter.tokenizer
     ids = torch.tensor(tokenizer(" [0.12, 0.34, 0.56, 0.78]", add_special_tokens=False).input_ids)
-    scored = circuits.scored_answer_tokens(tokenizer, ids, "localization")
+    scored = BOX.scored_tokens(vlm.adapter, ids)
     kept = "".join(tokenizer.decode([int(t)]).strip() for t, keep in zip(ids, scored) if keep)
     assert kept == "12345678"
-    assert circuits.scored_answer_tokens(tokenizer, ids, "classification").all()
+    assert BINARY.scored_tokens(vlm.adapter, ids).all()
 
 
 def test_layer_groups_cover_each_size_singles_and_all():
-    groups = circuits.layer_groups(7, [3])
+    groups = knockout_sweep.layer_groups(7, [3])
     assert groups["layers 0-2"] == {0, 1, 2} and groups["layers 6-6"] == {6}
     assert all(groups[f"layer {i}"] == {i} for i in range(7))
     assert groups["all layers"] == set(range(7))
@@ -151,16 +152,16 @@ def test_layer_groups_cover_each_size_singles_and_all():
 @given(st.lists(st.floats(0, 10), min_size=2, max_size=40))
 def test_gini_and_top_share_bounds(values):
     x = np.asarray(values)
-    g, share = circuits.gini(x), circuits.top_share(x, 0.1)
+    g, share = mediation.gini(x), mediation.top_share(x, 0.1)
     if x.sum() <= 0:
         assert np.isnan(g) and np.isnan(share)
     else:
         assert -1e-9 <= g <= 1 and 0 < share <= 1 + 1e-9
-        assert circuits.top_share(x, 1.0) == pytest.approx(1.0)
+        assert mediation.top_share(x, 1.0) == pytest.approx(1.0)
 
 
 def test_gini_extremes_and_auc():
-    assert circuits.gini(np.ones(10)) == pytest.approx(0.0)
-    assert circuits.gini(np.r_[np.zeros(9), 1.0]) == pytest.approx(0.9)
-    assert circuits.normalized_auc([0, 0.5, 1], [0.5, 0.5, 0.5]) == pytest.approx(1.0)
-    assert circuits.normalized_auc([0, 1], [0.5, 0.0]) == pytest.approx(0.5)
+    assert mediation.gini(np.ones(10)) == pytest.approx(0.0)
+    assert mediation.gini(np.r_[np.zeros(9), 1.0]) == pytest.approx(0.9)
+    assert head_ablation.normalized_auc([0, 0.5, 1], [0.5, 0.5, 0.5]) == pytest.approx(1.0)
+    assert head_ablation.normalized_auc([0, 1], [0.5, 0.0]) == pytest.approx(0.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mechanisms.models.tiny_llava import save_untrained
+from mechanisms.organisms.tiny_llava import save_untrained
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIM_FILES = sorted(p.name for p in (REPO / "claims").glob("test_*.py"))
@@ -170,7 +170,7 @@ def collected_claims(profile: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def untrained_internvl(tmp_path_factory) -> Path:
-    from mechanisms.models.tiny_internvl import save_untrained as save_untrained_internvl
+    from mechanisms.organisms.tiny_internvl import save_untrained as save_untrained_internvl
 
     return save_untrained_internvl(tmp_path_factory.mktemp("untrained-tiny-internvl"), seed=0)
 
@@ -240,7 +240,7 @@ def test_a_killed_run_resumes_without_recomputing_and_reports_the_same(tmp_path)
 
 
 def test_a_truncated_cache_entry_is_recomputed_without_error(tmp_path):
-    from mechanisms.cache import MISSING, ResultCache
+    from mechanisms.storage import MISSING, ResultCache
 
     cache = ResultCache(tmp_path, "model")
     assert cache.get_or_compute(("k", 1), lambda: [1, 2, 3]) == [1, 2, 3]

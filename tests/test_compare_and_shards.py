@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mechanisms.compare import compare_reports, main, merge_reports
+from mechanisms.reports.compare import compare_reports, main, merge_reports
 from tests.test_claims_end_to_end import REPO, load_report, run_claims
 
 BASELINE = ["claims/test_baseline_competence.py", "-m", "tiny_llava", "--max-samples", "200"]

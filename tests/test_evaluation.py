@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mechanisms.evaluation import LocalizationResult, score_binary, score_list
+from mechanisms.tasks.scoring import LocalizationResult, score_binary, score_list
 
 
 def test_unparseable_box_answer_is_a_recorded_miss():

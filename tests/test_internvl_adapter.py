@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mechanisms.adapters.internvl import InternVLAdapter, load_internvl
+from mechanisms.models.adapters.internvl import InternVLAdapter, load_internvl
 from mechanisms.geometry import Box, dilate
 from mechanisms.interventions.selection import object_tokens, per_view
-from mechanisms.models.tiny_internvl import IMAGENET_MEAN, IMAGENET_STD, save_random_real_geometry
-from mechanisms.prompts import box_prompt
+from mechanisms.organisms.tiny_internvl import IMAGENET_MEAN, IMAGENET_STD, save_random_real_geometry
+from mechanisms.tasks.prompts import box_prompt
 
 TILE, PATCH, GRID = 448, 14, 16
 CELL = TILE // GRID  # 28 view pixels per token side
@@ -208,7 +208,7 @@ def test_circuit_hooks_are_exact_on_the_qwen3_lm(real_geometry_internvl):
     """The family-agnostic circuit tools hold on InternVL's GQA Qwen3 LM: an empty knockout and zero
     ablated heads reproduce the logits bit for bit; ablating a head at o_proj equals zeroing its W_O columns."""
     from mechanisms.interventions.heads import ablating_heads
-    from mechanisms.interventions.knockout import knocking_out, spec_for_rows
+    from mechanisms.interventions.knockout import knocking_out, spec_per_layer_set
 
     adapter = real_geometry_internvl
     model = adapter.model
@@ -216,7 +216,7 @@ def test_circuit_hooks_are_exact_on_the_qwen3_lm(real_geometry_internvl):
     reference = model(**inputs).logits
     positions = adapter.image_token_mask(inputs["input_ids"])[0].nonzero()[:, 0]
     n_layers = adapter.head_layout().n_layers
-    spec = spec_for_rows(1, positions, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [set()], n_layers)
+    spec = spec_per_layer_set(positions, inputs["input_ids"].shape[1], int(positions[-1]) + 1, [set()], n_layers)
     with knocking_out(adapter, spec):
         assert torch.equal(model(**inputs).logits, reference)
     with ablating_heads(adapter, []):

@@ -1,4 +1,4 @@
-"""Atomic file writes (mechanisms.io)."""
+"""Atomic file writes (mechanisms.storage)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mechanisms import io as mio
-from mechanisms.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mechanisms import storage as mio
+from mechanisms.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _leftovers(folder) -> list[str]:

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import LlavaImageProcessor
 
-from mechanisms.adapters.llava import LlavaAdapter, load_llava
+from mechanisms.models.adapters.llava import LlavaAdapter, load_llava
 from mechanisms.geometry import dilate
-from mechanisms.models.tiny_llava import CLIP_MEAN, CLIP_STD, save_random_real_geometry
-from mechanisms.prompts import box_prompt
+from mechanisms.organisms.tiny_llava import CLIP_MEAN, CLIP_STD, save_random_real_geometry
+from mechanisms.tasks.prompts import box_prompt
 
 GRID = 24
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired differences (mechanisms.measurements)."""
+"""Bootstrap intervals and paired differences (mechanisms.suite.measurements)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mechanisms.measurements import Measurement, bootstrap_mean, mean_measurement, paired_difference
+from mechanisms.suite.measurements import Measurement, bootstrap_mean, mean_measurement, paired_difference
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mechanisms.adapters.llava import load_llava
-from mechanisms.interventions.reference import reference_images
-from mechanisms.probing import Extraction, _save_npz, extract, stage_states, train_probe
-from mechanisms.registry import REPO_ROOT
+from mechanisms.models.adapters.llava import load_llava
+from mechanisms.data.image_sets import image_set
+from mechanisms.experiments.probing import Extraction, _save_npz, extract, stage_states, train_probe
+from mechanisms.models.registry import REPO_ROOT
 
 GRID = 6
 
@@ -55,7 +55,7 @@ def adapter():
 
 
 def test_stage_states_cover_every_layer_with_view_labels(adapter):
-    loaders, _ = reference_images("synthetic:5:6")
+    loaders, _ = image_set("synthetic:5:6")
     states = stage_states(adapter, [load() for load in loaders[:2]])
     n_vision = adapter.model.config.vision_config.num_hidden_layers + 1
     n_lm = adapter.head_layout().n_layers
@@ -70,7 +70,7 @@ def test_stage_states_cover_every_layer_with_view_labels(adapter):
 
 
 def test_extraction_resumes_and_recomputes_only_damaged_chunks(adapter, tmp_path):
-    loaders, _ = reference_images("synthetic:5:6")
+    loaders, _ = image_set("synthetic:5:6")
     first = extract(adapter, loaders, tmp_path, chunk_images=2)
     assert first.n_chunks == 3
     files = {p: p.stat().st_mtime_ns for stage in first.stages for p in first.chunks(stage)}

@@ -1,4 +1,4 @@
-"""Model profiles and offline checkpoint resolution (mechanisms.registry)."""
+"""Model profiles and offline checkpoint resolution (mechanisms.models.registry)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mechanisms import registry
-from mechanisms.registry import (
+from mechanisms.models import registry
+from mechanisms.models.registry import (
     PROFILE_DIR,
     CheckpointError,
     CheckpointUnavailable,

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mechanisms.adapters import InternVLAdapter, LlavaAdapter, ModelAdapter, load_adapter
+from mechanisms.models.adapters import InternVLAdapter, LlavaAdapter, ModelAdapter, load_adapter
 from mechanisms.data.synthetic import CATEGORY_NAMES, generate_scenes, render_scene
-from mechanisms.models import tiny_internvl, tiny_llava
-from mechanisms.models.train import ChatBuilder
-from mechanisms.prompts import binary_prompt, box_prompt, list_prompt
-from mechanisms.registry import REPO_ROOT
+from mechanisms.organisms import tiny_internvl, tiny_llava
+from mechanisms.organisms.train import ChatBuilder
+from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
+from mechanisms.models.registry import REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def test_shipped_checkpoint_is_small_and_matches_the_builder(tiny):
 
 def test_batched_generation_equals_one_at_a_time(tiny):
     """Identity check: left-padded batched greedy decoding gives each row's single-example answer."""
-    from mechanisms.evaluation import Generator
+    from mechanisms.tasks.generation import Generator
 
     if not (tiny.shipped / "config.json").is_file():
         pytest.skip(f"shipped {tiny.folder} not present")

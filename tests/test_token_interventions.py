@@ -34,7 +34,7 @@ from mechanisms.interventions.tokens import (
     identity,
     permute,
 )
-from mechanisms.registry import REPO_ROOT
+from mechanisms.models.registry import REPO_ROOT
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 SLOW_PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None)
@@ -480,8 +480,8 @@ PATCH = 14
 def real_geometry_llava(tmp_path_factory):
     """A tiny random LLaVA with LLaVA-1.5's geometry (336 px, patch 14, 24x24), saved like a llava-hf
     checkpoint and loaded through `load_llava`."""
-    from mechanisms.adapters.llava import load_llava
-    from mechanisms.models.tiny_llava import save_random_real_geometry
+    from mechanisms.models.adapters.llava import load_llava
+    from mechanisms.organisms.tiny_llava import save_random_real_geometry
 
     folder = save_random_real_geometry(tmp_path_factory.mktemp("llava-336-interventions"), seed=0)
     return load_llava(folder, torch.float32, "cpu")
@@ -537,9 +537,9 @@ MAX_NEW_TOKENS = 20
 
 @pytest.fixture(scope="module")
 def shipped():
-    from mechanisms.adapters.llava import load_llava
+    from mechanisms.models.adapters.llava import load_llava
     from mechanisms.data import resolve_dataset
-    from mechanisms.prompts import binary_prompt, box_prompt
+    from mechanisms.tasks.prompts import binary_prompt, box_prompt
 
     adapter = load_llava(SHIPPED, torch.float32, "cpu")
     dataset = resolve_dataset("synthetic:5:6")
@@ -572,7 +572,7 @@ def _plain_generate(adapter, images, questions, batch_size: int) -> list[str]:
 def test_conditions_that_select_nothing_answer_like_the_plain_model(shipped):
     """None, an empty ablation, the identity and empty/one-token permutations and 0-ring containerization
     all decode exactly what Generator.generate and plain model.generate (from pixels) decode."""
-    from mechanisms.evaluation import Generator
+    from mechanisms.tasks.generation import Generator
 
     adapter, images, masks_, questions, mean = shipped
     nothing = lambda f: np.zeros(f.shape[0], dtype=bool)  # noqa: E731
@@ -605,7 +605,7 @@ def test_projector_hook_matches_feeding_edited_visual_tokens(shipped):
     """editing_visual_tokens: identity edits leave a plain forward's logits bit-identical; an ablation gives the
     logits of feeding the ablated tokens through adapter.visual_inputs, and the same greedy answers as
     Generator.generate_conditions with that ablation."""
-    from mechanisms.evaluation import Generator
+    from mechanisms.tasks.generation import Generator
 
     adapter, images, masks_, questions, mean = shipped
     images, masks_, questions = images[:3], masks_[:3], questions[:3]

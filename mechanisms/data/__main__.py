@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mechanisms.data.dataset import DatasetError, _read_json, load_dataset
-from mechanisms.io import atomic_write_json
+from mechanisms.data.dataset import DatasetError, read_json, load_dataset
+from mechanisms.storage import atomic_write_json
 
 
 def _write_folder(out: Path, instances: dict, manifest: dict) -> None:
@@ -37,7 +37,7 @@ def build(args) -> int:
         print(f"VOC {args.voc} ({args.split}): {len(instances['annotations'])} objects in "
               f"{len(instances['images'])} images; skipped: {dict(skipped) or 'none'}")
     else:
-        instances = _read_json(Path(args.instances))
+        instances = read_json(Path(args.instances))
         for key in ("images", "annotations", "categories"):
             if not isinstance(instances.get(key), list):
                 raise DatasetError(f"{args.instances}: missing or malformed {key!r} list")
@@ -70,9 +70,10 @@ def build(args) -> int:
 def subset(args) -> int:
     import torch
 
-    from mechanisms.adapters import load_adapter
-    from mechanisms.registry import fingerprint_checkpoint, load_profiles, resolve_checkpoint
-    from mechanisms.tasks import VLM, classify_by_list
+    from mechanisms.models.adapters import load_adapter
+    from mechanisms.models.registry import fingerprint_checkpoint, load_profiles, resolve_checkpoint
+    from mechanisms.tasks.model_under_test import VLM
+    from mechanisms.tasks.specs import LIST
 
     profile = load_profiles()[args.profile]
     checkpoint = resolve_checkpoint(profile, args.model_path)
@@ -83,8 +84,8 @@ def subset(args) -> int:
     if not pairs:
         raise DatasetError(f"{args.dataset} has no object-removed images: run `build` with an inpainter first")
     with torch.no_grad():
-        original = classify_by_list(vlm, dataset, pairs).detected
-        removed = classify_by_list(vlm, dataset, pairs, counterfactual=True).detected
+        original = vlm.ask(LIST, dataset, pairs).detected
+        removed = vlm.ask(LIST, dataset, pairs, counterfactual=True).detected
     keep = {s.annotation_id for s, a, b in zip(pairs, original, removed) if a and not b}
     counts = {"pairs": len(pairs), "classified_on_original": int(original.sum()),
               "still_named_when_removed": int((original * removed).sum()), "kept": len(keep)}
@@ -95,8 +96,8 @@ def subset(args) -> int:
 
 
 def _write_subset(source: Path, out: Path, keep: set[int], provenance: dict) -> None:
-    manifest = _read_json(source / "manifest.json")
-    instances = _read_json(source / manifest.get("instances", "instances.json"))
+    manifest = read_json(source / "manifest.json")
+    instances = read_json(source / manifest.get("instances", "instances.json"))
     annotations = [a for a in instances["annotations"] if isinstance(a, dict) and a.get("id") in keep]
     used = {a["image_id"] for a in annotations}
     images_dir = Path(manifest.get("images_dir", "images"))
@@ -113,7 +114,7 @@ def intersect(args) -> int:
     folders = [Path(f) for f in args.subsets]
     kept = None
     for folder in folders:
-        instances = _read_json(folder / _read_json(folder / "manifest.json").get("instances", "instances.json"))
+        instances = read_json(folder / read_json(folder / "manifest.json").get("instances", "instances.json"))
         ids = {a["id"] for a in instances["annotations"] if isinstance(a, dict) and "id" in a}
         print(f"{folder}: {len(ids)} objects")
         kept = ids if kept is None else kept & ids
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # an inpainter or checkpoint that cannot be used: say which, no traceback
         from mechanisms.data.inpaint import InpainterUnavailable
-        from mechanisms.registry import CheckpointError, CheckpointUnavailable
+        from mechanisms.models.registry import CheckpointError, CheckpointUnavailable
 
         if isinstance(err, (InpainterUnavailable, CheckpointError, CheckpointUnavailable)):
             print(f"error: {err}", file=sys.stderr)

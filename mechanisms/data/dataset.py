@@ -61,7 +61,7 @@ class Dataset:
         return _open_rgb(sample.counterfactual_path)
 
     def mask(self, sample: ObjectSample) -> np.ndarray:
-        return _decode_mask(self._annotations[sample.annotation_id], self._images[sample.image_id])
+        return decode_mask(self._annotations[sample.annotation_id], self._images[sample.image_id])
 
     def with_counterfactuals(self) -> list[ObjectSample]:
         return [s for s in self.samples if s.counterfactual_path is not None]
@@ -91,7 +91,7 @@ def _open_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as err:
@@ -109,7 +109,7 @@ def load_dataset(root: str | Path) -> Dataset:
         raise DatasetError(f"{root}: no such dataset folder")
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
-        manifest = _read_json(manifest_path)
+        manifest = read_json(manifest_path)
         instances_path = root / manifest.get("instances", "instances.json")
         images_dir = root / manifest.get("images_dir", "images")
         name = manifest.get("name", root.name)
@@ -123,7 +123,7 @@ def load_dataset(root: str | Path) -> Dataset:
         images_dir = next((d for d in (root / "images", root / instances_path.stem.split("_")[-1], root)
                            if d.is_dir()), root)
         name, counterfactuals = root.name, {}
-    instances = _read_json(instances_path)
+    instances = read_json(instances_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(instances.get(key), list):
             raise DatasetError(f"{instances_path}: missing or malformed {key!r} list")
@@ -155,7 +155,7 @@ def load_dataset(root: str | Path) -> Dataset:
             continue
         info = coco.imgs[ann["image_id"]]
         try:
-            mask_area = float(_decode_mask(ann, info).sum())
+            mask_area = float(decode_mask(ann, info).sum())
         except Exception:  # pycocotools raises bare Exception, TypeError or ValueError on bad segmentations
             skipped["malformed segmentation"] += 1
             continue
@@ -181,7 +181,7 @@ def load_dataset(root: str | Path) -> Dataset:
                    _annotations=annotations, _images=coco.imgs)
 
 
-def _decode_mask(ann: dict, image_info: dict) -> np.ndarray:
+def decode_mask(ann: dict, image_info: dict) -> np.ndarray:
     """Bool [height, width] mask from a polygon, RLE or uncompressed-RLE segmentation."""
     from pycocotools import mask as mask_utils
 

@@ -37,9 +37,9 @@ class FilterReport:
 
 
 def _mask_area(ann: dict, image: dict) -> float:
-    from mechanisms.data.dataset import _decode_mask
+    from mechanisms.data.dataset import decode_mask
 
-    return float(_decode_mask(ann, image).sum())
+    return float(decode_mask(ann, image).sum())
 
 
 def apply_filters(instances: dict, min_area: float = MIN_AREA_FRACTION, max_area: float = MAX_AREA_FRACTION,

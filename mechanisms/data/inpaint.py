@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mechanisms.io import atomic_write_bytes
+from mechanisms.storage import atomic_write_bytes
 
 
 class InpainterUnavailable(RuntimeError):

@@ -255,7 +255,7 @@ def write_dataset(root: str | Path, n_images: int, seed: int, config: SceneConfi
     """
     from pycocotools import mask as mask_utils
 
-    from mechanisms.io import atomic_write_json
+    from mechanisms.storage import atomic_write_json
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,18 @@
-"""The paper's token-level conditions, each a named recipe that builds one sample's `TokenEdit`.
+"""The paper's token-level conditions as data: one frozen record per condition, each building a sample's
+`TokenEdit`.
 
-A `Condition` is what claims pass to the tasks (`localize_under`, `classify_by_list_under`): a stable
-name (it keys caches, so it carries every parameter and seed) and a function of the sample, the
-adapter's views of its image and its visual tokens. Random draws use a generator seeded by
-(seed, annotation id, salt), so a sample's edit does not depend on which other samples run with it.
+A condition is a value (kind + parameters + seed), so claims compare conditions, effects are indexed by
+them, and everything a report needs is derived from the record in one place: `name` (stable; it keys
+result caches, so it carries every parameter and seed), `label` (the row of the paper's table), and
+`paper` (where the paper's value for it lives in a profile). `BASELINE` is the unmodified model.
+Random draws use a generator seeded by (seed, annotation id, salt), so a sample's edit does not depend
+on which other samples run with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,79 +22,155 @@ from mechanisms.geometry import View
 from mechanisms.interventions import tokens
 from mechanisms.interventions.selection import object_tokens, random_tokens, register_tokens, top_k
 
+VIEW_LABELS = {("global",): "Global", ("local",): "Local", None: "Both"}
+
 
 @dataclass(frozen=True)
 class Condition:
-    """A named intervention on the visual tokens: `edit(sample, views, features)` -> TokenEdit."""
+    """An intervention on the visual tokens, as data. `kind` names the recipe (see the constructors
+    below); unused parameters stay None. `scores` (top-k only) is the per-sample ranking, excluded from
+    equality: `ranking` names it."""
 
-    name: str
-    edit: Callable[[ObjectSample, list[View], torch.Tensor], tokens.TokenEdit]
+    kind: str
+    padding: int = 0
+    seed: int | None = None
+    views: tuple[str, ...] | None = None  # view kinds ("global", "local") an object ablation is limited to
+    k: int | None = None
+    n_std: float | None = None
+    ranking: str | None = None
+    scores: Mapping[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """Stable and unique per condition (it keys caches)."""
+        if self.kind == "baseline":
+            return "baseline"
+        if self.kind == "object":
+            where = "" if self.views is None else "@" + "+".join(self.views)
+            return f"ablate:object{self.padding:+d}{where}"
+        if self.kind == "random-matched":
+            return f"ablate:random-matched{self.padding:+d}:seed{self.seed}"
+        if self.kind == "random":
+            return f"ablate:random{self.k}:seed{self.seed}"
+        if self.kind == "register":
+            return f"ablate:register{self.n_std:g}std"
+        if self.kind == "top-k":
+            return f"ablate:{self.ranking}-top{self.k}"
+        if self.kind == "container":
+            return f"container:+{self.padding}:seed{self.seed}"
+        if self.kind == "shuffle-all":
+            return f"shuffle:all:seed{self.seed}"
+        if self.kind == "shuffle-object":
+            return f"shuffle:object:seed{self.seed}"
+        raise ValueError(f"unknown condition kind {self.kind!r}")
+
+    @property
+    def label(self) -> str:
+        """The row label the paper's tables give this condition (seeds are pooled under one label)."""
+        labels = {"baseline": "Baseline", "random-matched": "Random (as many as object)", "random": "Random",
+                  "register": "Register", "top-k": "Integrated Gradients", "container": f"+{self.padding} rings",
+                  "shuffle-all": "Full", "shuffle-object": "Object"}
+        if self.kind == "object":
+            return "Object" if self.padding == 0 else f"{self.padding:+d} Padding"
+        return labels[self.kind]
+
+    @property
+    def view_label(self) -> str:
+        """Which views an object ablation touches, as Table 3 says it: Global, Local or Both."""
+        return VIEW_LABELS[self.views]
+
+    @property
+    def paper(self) -> tuple[str, str] | None:
+        """(section, key) of the paper's value for this condition in a profile's [paper.*] tables."""
+        if self.kind == "baseline":
+            return ("ablation", "baseline")
+        if self.kind == "object":
+            if self.views is None:
+                return ("ablation", f"object{self.padding:+d}")
+            return ("view_ablation", f"{'+'.join(self.views)}{self.padding:+d}")
+        if self.kind == "register":
+            return ("ablation", "register")
+        if self.kind == "random":
+            return ("ablation", f"random-{self.k}")
+        if self.kind == "top-k" and self.ranking and self.ranking.startswith("ig-"):
+            return ("ablation", f"integrated-gradients-{self.k}")
+        if self.kind == "shuffle-all":
+            return ("shuffling", "full")
+        if self.kind == "shuffle-object":
+            return ("shuffling", "object")
+        return None
+
+    def edit(self, sample: ObjectSample, views: list[View], features: torch.Tensor,
+             dataset: Dataset) -> tokens.TokenEdit | None:
+        """This sample's edit of its visual tokens `features` [n, d] (None: the unmodified model)."""
+        n = features.shape[0]
+        if self.kind == "baseline":
+            return None
+        if self.kind == "object":
+            return tokens.ablate(object_tokens(views, dataset.mask(sample), self.padding, self.views))
+        if self.kind == "random-matched":
+            k = int(object_tokens(views, dataset.mask(sample), self.padding).sum())
+            return tokens.ablate(random_tokens(n, k, _sample_rng(self.seed, sample, 1)))
+        if self.kind == "random":
+            return tokens.ablate(random_tokens(n, self.k, _sample_rng(self.seed, sample, 2)))
+        if self.kind == "register":
+            return tokens.ablate(register_tokens(features, self.n_std))
+        if self.kind == "top-k":
+            return tokens.ablate(top_k(self.scores[sample.annotation_id], self.k))
+        if self.kind == "container":
+            return tokens.containerize(views, dataset.mask(sample), self.padding, _sample_rng(self.seed, sample, 3))
+        if self.kind == "shuffle-all":  # the permutation depends on the image, not the object
+            rng = np.random.default_rng([self.seed, sample.image_id, 4])
+            return tokens.permute(np.ones(n, dtype=bool), rng)
+        if self.kind == "shuffle-object":
+            return tokens.permute(object_tokens(views, dataset.mask(sample), 0), _sample_rng(self.seed, sample, 5))
+        raise ValueError(f"unknown condition kind {self.kind!r}")
 
 
-def sample_rng(seed: int, sample: ObjectSample, salt: int = 0) -> np.random.Generator:
+def _sample_rng(seed: int, sample: ObjectSample, salt: int) -> np.random.Generator:
     return np.random.default_rng([seed, sample.annotation_id, salt])
 
 
-def unchanged() -> Condition:
-    """The identity edit (what every intervention must reduce to when it selects nothing)."""
-    return Condition("identity", lambda sample, views, features: tokens.identity(features.shape[0]))
+BASELINE = Condition("baseline")
 
 
-def object_ablation(dataset: Dataset, padding: int = 0, kinds: tuple[str, ...] | None = None) -> Condition:
+def object_ablation(padding: int = 0, views: tuple[str, ...] | None = None) -> Condition:
     """Object tokens (mask overlap >= 1 pixel), grown or shrunk by `padding` rings, set to the mean (Table 1);
-    with `kinds`, only in the views of those kinds (Table 3: "global", "local")."""
-    def edit(sample, views, features):
-        return tokens.ablate(object_tokens(views, dataset.mask(sample), padding, kinds))
-    where = "" if kinds is None else "@" + "+".join(kinds)
-    return Condition(f"ablate:object{padding:+d}{where}", edit)
+    with `views`, only in the views of those kinds (Table 3: ("global",), ("local",))."""
+    return Condition("object", padding=padding, views=views)
 
 
-def matched_random_ablation(dataset: Dataset, seed: int, padding: int = 0) -> Condition:
+def matched_random_ablation(seed: int, padding: int = 0) -> Condition:
     """As many random tokens as the object selection holds, per sample (the control for object ablation)."""
-    def edit(sample, views, features):
-        k = int(object_tokens(views, dataset.mask(sample), padding).sum())
-        return tokens.ablate(random_tokens(features.shape[0], k, sample_rng(seed, sample, 1)))
-    return Condition(f"ablate:random-matched{padding:+d}:seed{seed}", edit)
+    return Condition("random-matched", padding=padding, seed=seed)
 
 
 def random_ablation(k: int, seed: int) -> Condition:
     """k uniformly drawn tokens set to the mean (Table 1/4 random rows)."""
-    def edit(sample, views, features):
-        return tokens.ablate(random_tokens(features.shape[0], k, sample_rng(seed, sample, 2)))
-    return Condition(f"ablate:random{k}:seed{seed}", edit)
+    return Condition("random", k=k, seed=seed)
 
 
 def register_ablation(n_std: float = 2.0) -> Condition:
     """Tokens whose norm exceeds mean + n_std std of the image's token norms, set to the mean (§3.1 ii)."""
-    def edit(sample, views, features):
-        return tokens.ablate(register_tokens(features, n_std))
-    return Condition(f"ablate:register{n_std:g}std", edit)
+    return Condition("register", n_std=n_std)
 
 
-def top_k_ablation(label: str, scores: dict[int, np.ndarray], k: int) -> Condition:
-    """The k tokens with the highest per-sample scores (e.g. Integrated Gradients), set to the mean."""
-    def edit(sample, views, features):
-        return tokens.ablate(top_k(scores[sample.annotation_id], k))
-    return Condition(f"ablate:{label}-top{k}", edit)
+def top_k_ablation(ranking: str, scores: Mapping[int, np.ndarray], k: int) -> Condition:
+    """The k tokens with the highest per-sample `scores` (named `ranking`, e.g. "ig-localization"), set to
+    the mean."""
+    return Condition("top-k", k=k, ranking=ranking, scores=scores)
 
 
-def containerization(dataset: Dataset, rings: int, seed: int) -> Condition:
+def containerization(rings: int, seed: int) -> Condition:
     """The object's container grown by `rings` rings of tokens copied from inside the object (§3.1.1)."""
-    def edit(sample, views, features):
-        return tokens.containerize(views, dataset.mask(sample), rings, sample_rng(seed, sample, 3))
-    return Condition(f"container:+{rings}:seed{seed}", edit)
+    return Condition("container", padding=rings, seed=seed)
 
 
 def full_shuffle(seed: int) -> Condition:
-    """All image tokens permuted (Table 2, Full). The permutation depends on the image, not the object."""
-    def edit(sample, views, features):
-        rng = np.random.default_rng([seed, sample.image_id, 4])
-        return tokens.permute(np.ones(features.shape[0], dtype=bool), rng)
-    return Condition(f"shuffle:all:seed{seed}", edit)
+    """All image tokens permuted (Table 2, Full)."""
+    return Condition("shuffle-all", seed=seed)
 
 
-def object_shuffle(dataset: Dataset, seed: int) -> Condition:
+def object_shuffle(seed: int) -> Condition:
     """Only the object's tokens permuted among themselves (Table 2, Object)."""
-    def edit(sample, views, features):
-        return tokens.permute(object_tokens(views, dataset.mask(sample), 0), sample_rng(seed, sample, 5))
-    return Condition(f"shuffle:object:seed{seed}", edit)
+    return Condition("shuffle-object", seed=seed)

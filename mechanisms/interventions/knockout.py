@@ -2,11 +2,12 @@
 
 A custom attention function, registered with transformers' `AttentionInterface` (and the matching
 mask function with `AttentionMaskInterface`), is switched on for the text model only (the dict form of
-`set_attn_implementation`; the vision tower keeps its own). Inside, for the layers a row names, query
-positions from `query_from` on may not attend to the row's blocked keys; everything else is plain
+`set_attn_implementation`; the vision tower keeps its own). Inside, for the layers a batch element names, query
+positions from `query_from` on may not attend to its blocked keys; everything else is plain
 SDPA with the model's own mask, so an empty knockout is bit-identical to no knockout.
 
-Rows of a batch carry their own spec (one layer group per row), which is how sweeps are batched.
+Elements of a batch carry their own spec (one layer group per batch element), which is how sweeps are
+batched.
 Query positions under a cache are `kv_len - q_len + i`: a spec is written in absolute positions.
 """
 
@@ -23,13 +24,14 @@ _active: list["KnockoutSpec"] = []
 
 @dataclass
 class KnockoutSpec:
-    """Per row: blocked key positions (bool [B, K]), first blocked query position ([B]), layers (bool [B, L])."""
+    """Per batch element: blocked key positions (bool [B, K]), first blocked query position ([B]), layers
+    (bool [B, L])."""
 
     keys: torch.Tensor
     query_from: torch.Tensor
     layers: torch.Tensor
 
-    def rows_blocking(self, layer: int) -> torch.Tensor:
+    def elements_blocking(self, layer: int) -> torch.Tensor:
         return self.layers[:, layer]
 
 
@@ -37,7 +39,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     spec = _active[-1] if _active else None
-    if spec is None or not bool(spec.rows_blocking(module.layer_idx).any()):
+    if spec is None or not bool(spec.elements_blocking(module.layer_idx).any()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
     device = query.device
@@ -53,7 +55,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     if keys.shape[1] < k_len:  # generated tokens are never blocked keys
         keys = torch.nn.functional.pad(keys, (0, k_len - keys.shape[1]))
     block = (keys[:, None, :k_len] & (q_pos[None, :, None] >= spec.query_from.to(device)[:, None, None])
-             & spec.rows_blocking(module.layer_idx).to(device)[:, None, None])
+             & spec.elements_blocking(module.layer_idx).to(device)[:, None, None])
     allowed = allowed & ~block[:, None]
     kwargs.pop("is_causal", None)
     return sdpa_attention_forward(module, query, key, value, allowed, is_causal=False, **kwargs)
@@ -69,25 +71,25 @@ def _register() -> None:
 
 @contextlib.contextmanager
 def knocking_out(adapter, spec: KnockoutSpec):
-    """Within the block, the LM's attention obeys `spec` (rows of the batch = rows of the spec)."""
+    """Within the block, the LM's attention obeys `spec` (batch element i follows the spec's element i)."""
     _register()
-    model = adapter.model
-    previous = model.config.text_config._attn_implementation
-    model.set_attn_implementation({"text_config": NAME})
+    previous = adapter.text_attention()
+    adapter.set_text_attention(NAME)
     _active.append(spec)
     try:
         yield
     finally:
         _active.pop()
-        model.set_attn_implementation({"text_config": previous})
+        adapter.set_text_attention(previous)
 
 
-def spec_for_rows(n_rows: int, key_positions: torch.Tensor, seq_len: int, query_from: int,
-                  layer_sets: list[set[int]], n_layers: int) -> KnockoutSpec:
-    """One sample's spec repeated over rows that differ only in which layers knock out."""
-    keys = torch.zeros(n_rows, seq_len, dtype=torch.bool)
+def spec_per_layer_set(key_positions: torch.Tensor, seq_len: int, query_from: int,
+                       layer_sets: list[set[int]], n_layers: int) -> KnockoutSpec:
+    """One sample's spec, one batch element per layer set (elements differ only in which layers knock out)."""
+    n = len(layer_sets)
+    keys = torch.zeros(n, seq_len, dtype=torch.bool)
     keys[:, key_positions] = True
-    layers = torch.zeros(n_rows, n_layers, dtype=torch.bool)
-    for row, chosen in enumerate(layer_sets):
-        layers[row, sorted(chosen)] = True
-    return KnockoutSpec(keys, torch.full((n_rows,), query_from), layers)
+    layers = torch.zeros(n, n_layers, dtype=torch.bool)
+    for element, chosen in enumerate(layer_sets):
+        layers[element, sorted(chosen)] = True
+    return KnockoutSpec(keys, torch.full((n,), query_from), layers)

@@ -7,7 +7,7 @@ around the object. One representation means one way to apply, compose and cache 
 edit is literally `source = arange(n)`.
 
 An edit knows nothing about model families: it indexes the image tokens in the order they enter the
-LM (the adapter's views, concatenated). Selections (which tokens) come from `mechanisms.selection`.
+LM (the adapter's views, concatenated). Selections (which tokens) come from `interventions.selection`; named recipes from `interventions.conditions`.
 """
 
 from __future__ import annotations
@@ -70,11 +70,6 @@ class TokenEdit:
                 raise ValueError("this edit ablates tokens: it needs the mean visual embedding")
             out = torch.where(ablated[:, None], mean.to(features.dtype).to(features.device), out)
         return out
-
-    def key(self) -> str:
-        """A short stable digest, for caches."""
-        import hashlib
-        return hashlib.sha1(self.source.tobytes()).hexdigest()[:16]
 
 
 def identity(n_tokens: int) -> TokenEdit:
@@ -145,7 +140,7 @@ def editing_visual_tokens(adapter, edits: list[TokenEdit | None], mean: torch.Te
     """Within the block, the model's own forward passes see edited visual tokens (one edit per image).
 
     A forward hook on the projector: useful to intervene on code that calls the model directly
-    (`model.generate(pixel_values=...)`). Sweeps use `Generator.generate_conditions`, which runs the vision tower
+    (`model.generate(pixel_values=...)`). Sweeps use `tasks.generation.Generator.generate_conditions`, which runs the vision tower
     once per image instead.
     """
 

@@ -1,0 +1,269 @@
+"""Positional decoding (§3.2, Figures 2 and 11): can a linear probe read a token's grid position from
+its hidden state, stage by stage (vision backbone layers, projector output, LM layers)?
+
+Extraction streams: images go through the model a chunk at a time and every stage's image-token states
+are written to disk as one file per (stage, chunk), atomically, so memory stays bounded by the chunk and
+a killed extraction resumes from the first missing chunk. Probes then stream the same files: one linear
+classifier per axis (row, column), trained with minibatch SGD (Adam) for a fixed number of epochs, its
+inputs standardized with statistics of the training set. Labels are each token's (row, col) in its own
+view, so the code is the same for LLaVA's one grid and InternVL's tiles + thumbnail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechanisms.models import sites
+from mechanisms.models.adapters.base import NEUTRAL_QUESTION
+from mechanisms.storage import atomic_write_bytes, atomic_write_json
+
+# ----- extraction ------------------------------------------------------------------------------------
+
+
+def _token_labels(views) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate([np.repeat(np.arange(v.rows), v.cols) for v in views])
+    cols = np.concatenate([np.tile(np.arange(v.cols), v.rows) for v in views])
+    return rows, cols
+
+
+@torch.no_grad()
+def stage_states(adapter, images: list) -> dict[str, tuple[np.ndarray, ...]]:
+    """{stage: (states [n, d] float16, rows [n], cols [n], image index [n])} for a batch of images."""
+    device = next(adapter.model.parameters()).device
+    inputs = adapter.encode(images, [NEUTRAL_QUESTION] * len(images))
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    out: dict[str, list] = {}
+
+    def add(stage, states, rows, cols, image):
+        out.setdefault(stage, []).append((states.float().cpu().numpy().astype(np.float16), rows, cols,
+                                          np.full(len(rows), image)))
+
+    vision, grid_rows, grid_cols = adapter.vision_hidden_states(inputs["pixel_values"].to(adapter.model.dtype))
+    v_rows = np.repeat(np.arange(grid_rows), grid_cols)
+    v_cols = np.tile(np.arange(grid_cols), grid_rows)
+    view_owner = np.repeat(np.arange(len(images)), [len(adapter.views(*im.size)) for im in images])
+    for layer, states in enumerate(vision):
+        for view_states, owner in zip(states, view_owner):  # one entry per view fed to the tower
+            add(sites.vision_layer(layer), view_states, v_rows, v_cols, owner)
+    features = adapter.visual_tokens(inputs)
+    lm = adapter.model(**inputs, output_hidden_states=True).hidden_states
+    positions = adapter.image_token_mask(inputs["input_ids"])
+    for i, image in enumerate(images):
+        rows, cols = _token_labels(adapter.views(*image.size))
+        add(sites.PROJECTOR, features[i], rows, cols, i)
+        for layer, states in enumerate(lm[1:]):
+            add(sites.llm_layer(layer), states[i][positions[i]], rows, cols, i)
+    return {stage: tuple(np.concatenate([p[k] for p in parts]) for k in range(4)) for stage, parts in out.items()}
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_npz(path: Path) -> dict | None:
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except Exception:  # truncated / corrupt: the chunk is recomputed
+        return None
+
+
+@dataclass
+class Extraction:
+    """Chunk files per stage under `root`; `stages` in model order."""
+
+    root: Path
+    stages: list[str]
+    n_chunks: int
+
+    def chunks(self, stage: str) -> list[Path]:
+        return [self.root / stage / f"chunk-{i:05d}.npz" for i in range(self.n_chunks)]
+
+
+def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress: bool = False) -> Extraction:
+    """Write every stage's states for all images, chunk by chunk; finished chunks are kept (resume)."""
+    root = Path(root)
+    n_chunks = (len(loaders) + chunk_images - 1) // chunk_images
+    stages_file = root / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else None
+    iterator = range(n_chunks)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc="extracting hidden states", unit="chunk")
+    for chunk in iterator:
+        if stages is not None and all(_load_npz(root / s / f"chunk-{chunk:05d}.npz") is not None for s in stages):
+            continue
+        images = [load() for load in loaders[chunk * chunk_images:(chunk + 1) * chunk_images]]
+        states = stage_states(adapter, images)
+        for stage, (x, rows, cols, image) in states.items():
+            _save_npz(root / stage / f"chunk-{chunk:05d}.npz", x=x, rows=rows.astype(np.int16),
+                      cols=cols.astype(np.int16), image=(image + chunk * chunk_images).astype(np.int32))
+        if stages is None:
+            stages = list(states)
+            atomic_write_json(stages_file, stages)
+    return Extraction(root, stages or [], n_chunks)
+
+
+def extraction_root(cache_dir: Path, model_fingerprint: str, images_fingerprint: str) -> Path:
+    key = hashlib.sha256(f"{model_fingerprint}:{images_fingerprint}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / "probe-states" / key
+
+
+# ----- probes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    """Held-out accuracy of one stage's probes, overall and per grid position."""
+
+    stage: str
+    row_accuracy: float
+    col_accuracy: float
+    per_position: np.ndarray  # [rows, cols]: P(row and col both right) for tokens at that position
+    per_token_correct: np.ndarray  # [n_test_tokens]: mean of the two axes' correctness
+    test_rows: np.ndarray
+    test_cols: np.ndarray
+    test_images: np.ndarray
+    both_correct: np.ndarray  # [n_test_tokens]: row and col both right
+
+    @property
+    def accuracy(self) -> float:
+        return (self.row_accuracy + self.col_accuracy) / 2
+
+    def per_image(self, tokens: np.ndarray | None = None, joint: bool = False) -> np.ndarray:
+        """Mean correctness per test image over the selected tokens (images are the bootstrap unit:
+        tokens of one image are not independent)."""
+        values = self.both_correct.astype(float) if joint else self.per_token_correct
+        keep = np.ones(len(values), dtype=bool) if tokens is None else tokens
+        images = np.unique(self.test_images)
+        return np.asarray([values[keep & (self.test_images == i)].mean() if (keep & (self.test_images == i)).any()
+                           else np.nan for i in images])
+
+
+def _standardizer(chunks: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    total, total_sq, count = None, None, 0
+    for path in chunks:
+        x = torch.from_numpy(_load_npz(path)["x"]).double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = (x ** 2).sum(0) if total_sq is None else total_sq + (x ** 2).sum(0)
+        count += x.shape[0]
+    mean = total / count
+    std = (total_sq / count - mean ** 2).clamp(min=1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_cols: int, epochs: int = 10,
+                batch_size: int = 512, lr: float = 1e-3, seed: int = 0, shuffle_labels: bool = False) -> ProbeResult:
+    """Two linear classifiers (row, col) on one stage's states; `shuffle_labels` is the chance control."""
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    chunks = train.chunks(stage)
+    mean, std = _standardizer(chunks)
+    dim = mean.shape[0]
+    rows_head, cols_head = torch.nn.Linear(dim, n_rows), torch.nn.Linear(dim, n_cols)
+    for head in (rows_head, cols_head):
+        torch.nn.init.normal_(head.weight, std=0.01, generator=generator)
+        torch.nn.init.zeros_(head.bias)
+    optimizer = torch.optim.Adam([*rows_head.parameters(), *cols_head.parameters()], lr=lr)
+    for _ in range(epochs):
+        for index in rng.permutation(len(chunks)):
+            data = _load_npz(chunks[index])
+            x = (torch.from_numpy(data["x"]).float() - mean) / std
+            rows, cols = torch.from_numpy(data["rows"]).long(), torch.from_numpy(data["cols"]).long()
+            if shuffle_labels:
+                perm = torch.from_numpy(rng.permutation(len(rows)))
+                rows, cols = rows[perm], cols[perm]
+            order = torch.from_numpy(rng.permutation(len(x)))
+            for start in range(0, len(x), batch_size):
+                batch = order[start:start + batch_size]
+                loss = (torch.nn.functional.cross_entropy(rows_head(x[batch]), rows[batch])
+                        + torch.nn.functional.cross_entropy(cols_head(x[batch]), cols[batch]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    row_hits, col_hits, all_rows, all_cols, all_images = [], [], [], [], []
+    with torch.no_grad():
+        for path in test.chunks(stage):
+            data = _load_npz(path)
+            x = (torch.from_numpy(data["x"]).float() - mean) / std
+            rows, cols = data["rows"].astype(int), data["cols"].astype(int)
+            row_hits.append(rows_head(x).argmax(-1).numpy() == rows)
+            col_hits.append(cols_head(x).argmax(-1).numpy() == cols)
+            all_rows.append(rows)
+            all_cols.append(cols)
+            all_images.append(data["image"])
+    row_hits, col_hits = np.concatenate(row_hits), np.concatenate(col_hits)
+    test_rows, test_cols = np.concatenate(all_rows), np.concatenate(all_cols)
+    both = row_hits & col_hits
+    per_position = np.full((n_rows, n_cols), np.nan)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            here = (test_rows == r) & (test_cols == c)
+            if here.any():
+                per_position[r, c] = both[here].mean()
+    return ProbeResult(stage, float(row_hits.mean()), float(col_hits.mean()), per_position,
+                       (row_hits.astype(float) + col_hits.astype(float)) / 2, test_rows, test_cols,
+                       np.concatenate(all_images), both)
+
+
+def corner_mask(n_rows: int, n_cols: int) -> np.ndarray:
+    mask = np.zeros((n_rows, n_cols), dtype=bool)
+    mask[[0, 0, -1, -1], [0, -1, 0, -1]] = True
+    return mask
+
+
+# ----- the study the claims read ----------------------------------------------------------------------
+
+
+@dataclass
+class ProbeStudy:
+    """Probe results for every stage in model order, plus the shuffled-label control at the projector."""
+
+    results: dict[str, ProbeResult]
+    control: ProbeResult
+
+    def stages(self, stage: str) -> list[str]:
+        """The sites of one stage (`sites.VISION`, `sites.PROJECTOR`, `sites.LLM`), in model order."""
+        return [s for s in self.results if sites.stage_of(s) == stage]
+
+    def grid(self, stage: str) -> tuple[int, int]:
+        return self.results[stage].per_position.shape
+
+
+def _grid_of(extraction: Extraction, stage: str) -> tuple[int, int]:
+    data = _load_npz(extraction.chunks(stage)[0])
+    return int(data["rows"].max()) + 1, int(data["cols"].max()) + 1
+
+
+def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images: int, seed: int) -> ProbeStudy:
+    """Extract (cached on disk, resumable) and probe every stage; memoized per worker."""
+    from mechanisms.data import cache_root
+    from mechanisms.data.image_sets import image_set
+
+    key = ("probe-study", train_spec, test_spec, epochs, chunk_images, seed)
+
+    def compute() -> ProbeStudy:
+        extractions = []
+        for spec in (train_spec, test_spec):
+            loaders, fingerprint = image_set(spec)
+            root = extraction_root(cache_root(), vlm.fingerprint, f"{fingerprint}:{chunk_images}")
+            extractions.append(extract(vlm.adapter, loaders, root, chunk_images, progress=True))
+        train, test = extractions
+        results = {}
+        for stage in train.stages:
+            rows, cols = _grid_of(train, stage)
+            results[stage] = train_probe(train, test, stage, rows, cols, epochs=epochs, seed=seed)
+        rows, cols = _grid_of(train, sites.PROJECTOR)
+        control = train_probe(train, test, sites.PROJECTOR, rows, cols, epochs=epochs, seed=seed, shuffle_labels=True)
+        return ProbeStudy(results, control)
+
+    return vlm.memo(key, compute)

@@ -1,0 +1,196 @@
+"""What every model family must tell the rest of the suite. Claims and interventions talk only to this."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from PIL import Image
+
+from mechanisms.geometry import Box, View
+
+NUMBER = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"  # a number as answers write it (box parsers)
+NEUTRAL_QUESTION = "Describe the image."  # the text beside an image when only its visual tokens matter
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Where attention heads live: `o_proj` of each LM layer reads [B, T, n_query_heads * head_dim]."""
+
+    n_layers: int
+    n_query_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+class ModelAdapter(ABC):
+    """Architecture-specific knowledge of one model family, and nothing else."""
+
+    family: ClassVar[str]
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    # ----- prompts -------------------------------------------------------------------------------
+    def chat_text(self, question: str) -> str:
+        """The full prompt text (system, image placeholder, task) ending where the answer begins."""
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    def encode(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
+        """Processor inputs for a batch (left-padded so generation continues every row)."""
+        self.tokenizer.padding_side = "left"
+        texts = [self.chat_text(q) for q in questions]
+        return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+    answer_separator: ClassVar[str] = " "  # what the chat template puts between the prompt and the answer
+    yes_answer: ClassVar[str] = "Yes"  # the binary prompt's correct answer as this family writes it
+
+    def encode_with_answer(self, image: Image.Image, question: str, answer: str) -> tuple[dict, slice]:
+        """Inputs for teacher forcing `answer` after the prompt, and the positions of the answer tokens.
+
+        Prompt and answer are tokenized together (as the model saw them in training) and the prompt's
+        own tokenization must be a prefix of the whole; otherwise the split would be ambiguous.
+        """
+        prompt = self.processor(images=[image], text=[self.chat_text(question)], return_tensors="pt")
+        full = self.processor(images=[image], text=[self.chat_text(question) + self.answer_separator + answer],
+                              return_tensors="pt")
+        n_prompt = prompt["input_ids"].shape[1]
+        if not torch.equal(full["input_ids"][0, :n_prompt], prompt["input_ids"][0]):
+            raise ValueError(f"the tokenization of answer {answer!r} merges with the end of the prompt")
+        if "attention_mask" not in full:
+            full["attention_mask"] = torch.ones_like(full["input_ids"])
+        return full, slice(n_prompt, full["input_ids"].shape[1])
+
+    # ----- image tokens ---------------------------------------------------------------------------
+    @abstractmethod
+    def views(self, width: int, height: int) -> list[View]:
+        """The token grids an image of this size becomes, in the order their tokens enter the LM."""
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Bool [B, T]: which sequence positions hold image tokens (never hard-coded)."""
+        return input_ids == self.model.config.image_token_id
+
+    def n_image_tokens(self, width: int, height: int) -> int:
+        return sum(view.n_tokens for view in self.views(width, height))
+
+    def image_token_ids(self, width: int, height: int) -> list[int]:
+        """The token ids the processor puts in place of the one image placeholder of the prompt."""
+        return [self.model.config.image_token_id] * self.n_image_tokens(width, height)
+
+    def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
+        """Each image's tokens at the LM input, [n_tokens, hidden] per image (vision tower + projector once).
+
+        Both transformers families expose `get_image_features`; its pooled output, concatenated, is
+        exactly what the model scatters into the image-token positions.
+        """
+        pixels = inputs["pixel_values"].to(self.model.dtype)
+        pooled = self.model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in pooled])
+        counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
+        if sum(counts) != flat.shape[0]:
+            raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
+        return list(flat.split(counts))
+
+    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
+        """(states per vision layer [n_views, rows*cols, d], rows, cols) of the vision backbone's patch grid."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its vision backbone's layers yet")
+
+    def visual_inputs(self, features: list[torch.Tensor]) -> dict:
+        """Keywords for the model's forward/generate that supply visual tokens instead of pixels."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(features))}}
+
+    def embed_with_visual_tokens(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings with `features` [B, n_tokens, hidden] at the image positions (for gradients)."""
+        embeds = self.model.get_input_embeddings()(input_ids)
+        mask = self.image_token_mask(input_ids).unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+    def image_features(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """Each image's visual tokens at the LM input (with a neutral question: the text does not reach them)."""
+        inputs = self.encode(images, [NEUTRAL_QUESTION] * len(images))
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.visual_tokens({k: v.to(device) for k, v in inputs.items()})
+
+    # ----- answers --------------------------------------------------------------------------------
+    def decode_answers(self, new_tokens: torch.Tensor) -> list[str]:
+        """Generated token ids [B, T] -> answer texts (special tokens dropped, whitespace stripped)."""
+        return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def box_choice_tokens(self, answer_ids: torch.Tensor) -> torch.Tensor:
+        """Bool [A]: which tokens of a teacher-forced box answer carry a choice (the one rule, used by
+        mediation perplexities and Integrated Gradients alike).
+
+        Digit tokens count; brackets, commas, spaces are template, and so is the integer part of a
+        [0, 1] float (a digit directly followed by ".") and the "." itself: the "0." that starts every
+        LLaVA coordinate. InternVL's 0-1000 integers keep all their digits under the same rule.
+        """
+        texts = [self.tokenizer.decode([int(t)]).strip() for t in answer_ids]
+        keep = []
+        for i, text in enumerate(texts):
+            following = texts[i + 1] if i + 1 < len(texts) else ""
+            keep.append(text.isdigit() and not following.startswith("."))
+        return torch.tensor(keep, dtype=torch.bool)
+
+    @abstractmethod
+    def format_box(self, box: Box, width: int, height: int) -> str:
+        """How this family writes a box in its answers (training targets, examples)."""
+
+    @abstractmethod
+    def parse_box(self, text: str, width: int, height: int) -> Box | None:
+        """A box in original-image pixels from an answer, or None when it cannot be parsed."""
+
+    # ----- structure: where sites live (names in `mechanisms.models.sites`) -----------------------
+    # transformers v5 lays out both families' LMs alike (`model.model.language_model.layers`,
+    # `model.model.multi_modal_projector`); a family that differs overrides these.
+    language_layers_path: ClassVar[str] = "model.language_model.layers"  # attribute path from the model
+    head_outputs_path: ClassVar[str] = "self_attn.o_proj"  # from a decoder layer: the module whose input
+    # is the heads' concatenated outputs [B, T, n_query_heads * head_dim], head-major
+
+    def language_layers(self) -> list[torch.nn.Module]:
+        """The LM's decoder layers, in order."""
+        return list(follow_path(self.model, self.language_layers_path))
+
+    def head_outputs(self, layer: int) -> torch.nn.Module:
+        """The module of LM layer `layer` whose input holds every query head's output (head h: the slice
+        [h * head_dim, (h + 1) * head_dim)); hooks on it read, zero or patch heads."""
+        return follow_path(self.language_layers()[layer], self.head_outputs_path)
+
+    def head_outputs_module_path(self, layer: int) -> str:
+        """The same module as an attribute path from the model (for tools that trace by path, e.g. nnsight)."""
+        return f"{self.language_layers_path}.{layer}.{self.head_outputs_path}"
+
+    def text_attention(self) -> str:
+        """The attention implementation the LM (not the vision tower) runs with now."""
+        return self.model.config.text_config._attn_implementation
+
+    def set_text_attention(self, implementation: str) -> None:
+        """Switch the LM's attention implementation only (the vision tower keeps its own)."""
+        self.model.set_attn_implementation({"text_config": implementation})
+
+    def head_layout(self) -> HeadLayout:
+        """Attention-head geometry of the LM (GQA: several query heads share a key/value head)."""
+        text = self.model.config.text_config
+        n_heads = text.num_attention_heads
+        return HeadLayout(
+            n_layers=text.num_hidden_layers, n_query_heads=n_heads,
+            n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // n_heads)
+
+    def projector(self) -> torch.nn.Module:
+        """The module whose output are the image tokens at the LM input."""
+        return self.model.model.multi_modal_projector
+
+
+def follow_path(root, path: str):
+    """`root.a.b.3.c` by attribute names and list indices."""
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root

@@ -1,0 +1,124 @@
+"""Compare two claims reports (a candidate checkpoint against a reference run), or merge shard reports.
+
+    python -m mechanisms.reports.compare REFERENCE/report.json CANDIDATE/report.json [--out diff.md]
+    python -m mechanisms.reports.compare --merge shard1/report.json shard2/report.json ... --report-dir reports
+
+A regression is a claim that passed in the reference and does not pass in the candidate (failed, error,
+or missing). Effect sizes "moved" when the two 95% intervals do not overlap. Exit status: 1 when there is
+a regression, else 0, so the command can gate CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mechanisms.storage import atomic_write_text
+
+
+@dataclass
+class Comparison:
+    regressions: list[str] = field(default_factory=list)
+    improvements: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.regressions)
+
+    def render(self, reference: dict, candidate: dict) -> str:
+        def who(report):
+            model = report.get("model") or {}
+            return f"{report.get('profile')} `{model.get('checkpoint')}` ({model.get('fingerprint')})"
+
+        lines = ["# Claims comparison", "", f"- reference: {who(reference)}", f"- candidate: {who(candidate)}",
+                 f"- verdict: {'REGRESSION' if self.regressed else 'no regression'}", ""]
+        for title, items in (("Regressions (passed before, not now)", self.regressions),
+                             ("Improvements (now passing)", self.improvements),
+                             ("Effect sizes that moved beyond their intervals", self.moved)):
+            lines += [f"## {title}: {len(items)}", ""] + [f"- {item}" for item in items] + [""]
+        lines.append(f"{self.unchanged} measurements within each other's intervals.")
+        return "\n".join(lines) + "\n"
+
+
+def _claims(report: dict) -> dict[str, dict]:
+    return {entry["nodeid"]: entry for entry in report["claims"]}
+
+
+def compare_reports(reference: dict, candidate: dict) -> Comparison:
+    result = Comparison()
+    ref_claims, new_claims = _claims(reference), _claims(candidate)
+    for nodeid, before in sorted(ref_claims.items()):
+        after = new_claims.get(nodeid)
+        outcome = after["outcome"] if after else "missing"
+        if before["outcome"] == "passed" and outcome != "passed":
+            failed = [e for e in (after or {}).get("expectations", []) if not e["passed"]]
+            why = "; ".join(f"{e['statement']} (margin {e['margin']:+.3f})" for e in failed) or outcome
+            result.regressions.append(f"`{nodeid}`: passed -> {outcome}: {why}")
+        elif before["outcome"] != "passed" and outcome == "passed":
+            result.improvements.append(f"`{nodeid}`: {before['outcome']} -> passed")
+        if not after:
+            continue
+        new_measurements = {m["name"]: m for m in after["measurements"]}
+        for m in before["measurements"]:
+            other = new_measurements.get(m["name"])
+            if other is None or any(v is None for v in (m["ci_low"], m["ci_high"], other["ci_low"], other["ci_high"])):
+                continue
+            if other["ci_low"] > m["ci_high"] or other["ci_high"] < m["ci_low"]:
+                result.moved.append(f"`{nodeid}` {m['name']}: {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+                                    f" -> {other['value']:.3f} [{other['ci_low']:.3f}, {other['ci_high']:.3f}]")
+            else:
+                result.unchanged += 1
+    return result
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from shard reports of the same profile and seed (each claim from the shard that ran it)."""
+    from mechanisms.reports.report import build_report
+
+    profiles = {r["profile"] for r in reports}
+    seeds = {r["seed"] for r in reports}
+    if len(profiles) != 1 or len(seeds) != 1:
+        raise ValueError(f"shards disagree: profiles {sorted(profiles)}, seeds {sorted(seeds)}")
+    entries: dict[str, dict] = {}
+    for report in reports:
+        for entry in report["claims"]:
+            if entry["outcome"] == "deselected":
+                continue
+            if entry["nodeid"] in entries and entries[entry["nodeid"]] != entry:
+                raise ValueError(f"{entry['nodeid']} was run by two shards with different results")
+            entries[entry["nodeid"]] = entry
+    run = {"merged_from": len(reports), "wall_s": sum((r.get("run") or {}).get("wall_s", 0) for r in reports)}
+    return build_report(profiles.pop(), list(entries.values()), seeds.pop(), run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="also write the comparison as markdown here")
+    parser.add_argument("--merge", action="store_true", help="merge shard reports instead of comparing two")
+    parser.add_argument("--report-dir", type=Path, default=Path("reports"), help="with --merge: where to write")
+    args = parser.parse_args(argv)
+    loaded = [json.loads(path.read_text()) for path in args.reports]
+    if args.merge:
+        from mechanisms.reports.report import write_report
+
+        folder = write_report(args.report_dir, merge_reports(loaded))
+        print(f"merged {len(loaded)} shard reports into {folder}")
+        return 0
+    if len(loaded) != 2:
+        parser.error("compare takes exactly two reports: REFERENCE CANDIDATE")
+    comparison = compare_reports(*loaded)
+    text = comparison.render(*loaded)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    return 1 if comparison.regressed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

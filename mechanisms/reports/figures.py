@@ -1,0 +1,84 @@
+"""The report's figures: a table drawn as its `figure` spec says (heatmap, lines, grouped bars), as PNG bytes."""
+
+from __future__ import annotations
+
+
+def figure_png(table: dict) -> bytes:
+    """Draw a table as its `figure` spec says: a heatmap (x, y, value[, std]), lines (x, y, series), or
+    grouped bars (x, y, series[, panel])."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    spec, rows = table["figure"], table["rows"]
+    if spec["kind"] == "heatmap":
+        ys = sorted({r[spec["y"]] for r in rows}, key=str)
+        xs = sorted({r[spec["x"]] for r in rows}, key=str)
+        values = np.full((len(ys), len(xs)), np.nan)
+        stds = np.zeros_like(values)
+        for r in rows:
+            values[ys.index(r[spec["y"]]), xs.index(r[spec["x"]])] = r[spec.get("value", "value")]
+            stds[ys.index(r[spec["y"]]), xs.index(r[spec["x"]])] = r.get(spec.get("std") or "", None) or 0.0
+        fig, ax = plt.subplots(figsize=(min(14, 0.9 * len(xs) + 2.5), min(12, 0.6 * len(ys) + 1.8)), dpi=100)
+        finite = values[np.isfinite(values)]
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        high = max(1e-9, float(finite.max())) if finite.size else 1.0
+        if spec.get("centered"):  # diverging values (e.g. MF): zero in the middle of the colour scale
+            low, high = -max(abs(low), high), max(abs(low), high)
+        image = ax.imshow(values, cmap=spec.get("cmap", "Blues"), vmin=low, vmax=high, aspect="auto")
+        if len(xs) * len(ys) <= 64:
+            for i in range(len(ys)):
+                for j in range(len(xs)):
+                    text = f"{values[i, j]:.3f}" + (f"\n±{stds[i, j]:.3f}" if spec.get("std") else "")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                            color="white" if values[i, j] > low + 0.6 * (high - low) else "black")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    elif spec["kind"] == "bars":  # grouped bars: x groups, one bar per series, one panel per `panel` value
+        panels = list(dict.fromkeys(r[spec["panel"]] for r in rows)) if spec.get("panel") else [None]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 3.8), dpi=100, squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            chosen = [r for r in rows if panel is None or r[spec["panel"]] == panel]
+            xs = list(dict.fromkeys(str(r[spec["x"]]) for r in chosen))
+            series = list(dict.fromkeys(r[spec["series"]] for r in chosen))
+            width = 0.8 / max(1, len(series))
+            for k, name in enumerate(series):
+                points = [r for r in chosen if r[spec["series"]] == name]
+                ax.bar([xs.index(str(r[spec["x"]])) + (k - (len(series) - 1) / 2) * width for r in points],
+                       [r[spec["y"]] for r in points], width=width, label=str(name))
+            ax.set_xticks(range(len(xs)), xs)
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.grid(alpha=0.3, axis="y")
+            if panel is not None:
+                ax.set_title(str(panel), fontsize=9)
+            ax.set_xlabel(spec.get("xlabel", spec["x"]))
+            ax.set_ylabel(spec.get("ylabel", spec["y"]))
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(table.get("title", ""), fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+        numeric = all(isinstance(r[spec["x"]], (int, float)) for r in rows)
+        xs = list(dict.fromkeys(str(r[spec["x"]]) for r in rows))  # the table's row order, not per series
+        for series in dict.fromkeys(r[spec["series"]] for r in rows):
+            points = [r for r in rows if r[spec["series"]] == series]
+            where = [r[spec["x"]] if numeric else xs.index(str(r[spec["x"]])) for r in points]
+            ax.plot(where, [r[spec["y"]] for r in points], marker="o", label=str(series))
+        if not numeric:
+            ax.set_xticks(range(len(xs)), xs)
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.grid(alpha=0.3)
+    if spec["kind"] != "bars":  # bars label each panel themselves
+        ax.set_xlabel(spec.get("xlabel", spec["x"]))
+        ax.set_ylabel(spec.get("ylabel", spec.get("y", "")))
+        ax.set_title(table.get("title", ""), fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,196 @@
+"""Claim results -> `reports/<profile>/report.json` (for machines) and `REPORT.md` (for people).
+
+The JSON is deterministic for a given seed: entries sorted by test id, no timestamps inside the claims;
+run metadata (time, durations) sits under "run" so a comparison can ignore it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from pathlib import Path
+
+from mechanisms.reports.figures import figure_png
+from mechanisms.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pycocotools", "pandas", "pytest", "pytest-xdist")
+REPORT_FORMAT = "vlm-mechanisms/report-v1"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+# Readable column headers for the tables claims record (anything else is shown under its own name).
+COLUMN_TITLES = {
+    "strategy": "Ablation strategy", "k": "k", "tokens_pct": "Token (%)", "paper_tokens_pct": "paper Token (%)",
+    "view": "View", "global_tokens_pct": "of global (%)", "local_tokens_pct": "of local (%)",
+    "localization": "Loc. (%)", "localization_std": "± (seeds)", "localization_drop": "↓ Loc.",
+    "paper_localization": "paper Loc.", "classification": "Cls. (%)", "classification_std": "± (seeds)",
+    "classification_drop": "↓ Cls.", "paper_classification": "paper Cls.", "task": "Task", "mode": "Mode",
+    "value": "Value", "std": "± (seeds)", "drop": "↓", "paper": "paper", "padding": "Padding p",
+    "scale": "GT scaling s",
+}
+IDENTITY = ("order", "strategy", "k", "task", "mode", "padding", "scale")
+
+
+def merge_tables(entries: list[dict]) -> dict[str, dict]:
+    """Tables by id, rows from every claim merged (a row recorded by two claims appears once), in order."""
+    tables: dict[str, dict] = {}
+    for entry in entries:
+        for part in entry.get("tables", []):
+            table = tables.setdefault(part["table"], {"title": part.get("title", ""), "figure": part.get("figure"),
+                                                      "rows": {}})
+            for row in part["rows"]:
+                table["rows"].setdefault(tuple(row.get(k) for k in IDENTITY), row)
+    return {name: {**t, "rows": [t["rows"][k] for k in sorted(t["rows"], key=lambda k: (k[0], str(k)))]}
+            for name, t in sorted(tables.items())}
+
+
+def build_report(profile: str, entries: list[dict], seed: int, run: dict) -> dict:
+    entries = sorted(entries, key=lambda e: e["nodeid"])
+    contexts = [e["context"] for e in entries if e.get("context")]
+    context = contexts[0] if contexts else {}
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["outcome"]] = counts.get(e["outcome"], 0) + 1
+    return {
+        "format": REPORT_FORMAT,
+        "profile": profile,
+        "seed": seed,
+        "model": context.get("model"),
+        "dataset": context.get("dataset"),
+        "packages": package_versions(),
+        "summary": dict(sorted(counts.items())),
+        "claims": entries,
+        "tables": merge_tables(entries),
+        "run": run,
+    }
+
+
+def write_report(report_dir: Path, report: dict) -> Path:
+    folder = Path(report_dir) / report["profile"]
+    atomic_write_json(folder / "report.json", report)
+    for name, table in report.get("tables", {}).items():
+        atomic_write_text(folder / "tables" / f"{name}.csv", table_csv(table))
+        if table.get("figure"):
+            atomic_write_bytes(folder / "figures" / f"{name}.png", figure_png(table))
+    atomic_write_text(folder / "REPORT.md", render_markdown(report))
+    return folder
+
+
+def _columns(table: dict) -> list[str]:
+    columns: list[str] = []
+    for row in table["rows"]:
+        columns += [k for k in row if k != "order" and k not in columns]
+    return [c for c in columns if any(row.get(c) is not None for row in table["rows"])]
+
+
+def table_csv(table: dict) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(table["rows"], columns=_columns(table)).to_csv(index=False)
+
+
+def render_table(name: str, table: dict) -> list[str]:
+    columns = _columns(table)
+    lines = [f"### {table.get('title') or name}", ""]
+    if table.get("figure"):
+        lines += [f"![{name}](figures/{name}.png)", ""]
+    lines.append("| " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in table["rows"]:
+        lines.append("| " + " | ".join(_fmt(row.get(c), 2) for c in columns) + " |")
+    lines.append("")
+    return lines
+
+
+def format_paper(paper) -> str:
+    """The paper's value as the report prints it (a range as low–high)."""
+    if isinstance(paper, (list, tuple)):
+        return "–".join(f"{v:.2f}" for v in paper)
+    return f"{paper:.3f}"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Claims report: {report['profile']}", ""]
+    model, dataset = report.get("model") or {}, report.get("dataset") or {}
+    if model:
+        lines.append(f"- **Model**: {model.get('profile')} ({model.get('family')}), checkpoint "
+                     f"`{model.get('checkpoint')}`, fingerprint `{model.get('fingerprint')}`, {model.get('dtype')}")
+    if dataset:
+        lines.append(f"- **Dataset**: {dataset.get('name')} (fingerprint `{dataset.get('fingerprint')}`), "
+                     f"{dataset.get('n_samples')} objects in {dataset.get('n_images')} images; "
+                     f"skipped: {dataset.get('skipped') or 'none'}")
+    lines.append(f"- **Seed**: {report['seed']}; packages: "
+                 + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
+    lines.append("- **Outcomes**: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))
+    if report.get("tables"):
+        lines += ["", "## Tables and figures", "",
+                  "Measured on this model; `paper` columns are the paper's values for the same model where it has "
+                  "them. CSVs under `tables/`.", ""]
+        for name, table in report["tables"].items():
+            lines += render_table(name, table)
+    lines += ["", "| claim | outcome | key measurement |", "|---|---|---|"]
+    for entry in report["claims"]:
+        first = entry["measurements"][0] if entry["measurements"] else None
+        key = (f"{first['name']} = {_fmt(first['value'])} [{_fmt(first['ci_low'])}, {_fmt(first['ci_high'])}]"
+               if first else entry.get("reason", "")[:120])
+        lines.append(f"| {entry['title']} | {entry['outcome'].upper()} | {key} |")
+    for entry in report["claims"]:
+        lines += ["", f"## {entry['title']} — {entry['outcome'].upper()}", ""]
+        if entry.get("reference"):
+            lines.append(f"*Paper reference: {entry['reference']}*  ")
+        lines.append(f"`{entry['nodeid']}`")
+        if entry.get("finding"):
+            lines += [""] + ["> " + line for line in entry["finding"].splitlines()]
+        if entry.get("reason"):
+            lines += ["", f"**Reason**: {entry['reason']}"]
+        if entry["measurements"]:
+            lines += ["", "| measurement | value | 95% CI | n | paper |", "|---|---|---|---|---|"]
+            for m in entry["measurements"]:
+                paper = format_paper(m["paper"]) if m.get("paper") is not None else "–"
+                lines.append(f"| {m['name']} | {_fmt(m['value'])} | [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}] "
+                             f"| {m['n']} | {paper} |")
+        if entry["expectations"]:
+            lines += ["", "Expectations (checked on interval bounds):", ""]
+            for e in entry["expectations"]:
+                mark = "✓" if e["passed"] else "✗"
+                lines.append(f"- {mark} {e['statement']}: {e['measurement']}.{e['bound']} = {_fmt(e['observed'], 4)} "
+                             f"{e['comparison']} {_fmt(e['threshold'], 4)} (margin {e['margin']:+.4f})")
+        for note in entry.get("notes", []):
+            for key, value in note.items():
+                if isinstance(value, list):
+                    shown = "; ".join(repr(v) for v in value[:10]) or "none"
+                    lines.append(f"- {key}: {len(value)} — {shown}")
+                else:
+                    lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def terminal_rows(report: dict) -> list[str]:
+    rows = []
+    for entry in report["claims"]:
+        test = entry["nodeid"].split("::")[-1]
+        rows.append(f"{entry['outcome'].upper():8} {test}")
+        for m in entry["measurements"]:
+            paper = f"  paper {format_paper(m['paper'])}" if m.get("paper") is not None else ""
+            rows.append(f"           {m['name']:<34} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+                        f" n={m['n']}{paper}")
+        if entry["outcome"] == "skipped":
+            rows.append(f"           {entry.get('reason', '')[:150]}")
+    return rows

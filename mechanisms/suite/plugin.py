@@ -1,0 +1,343 @@
+"""The pytest plugin that turns test functions into claims about a model.
+
+- Options live in one group (`--model-path`, `--dataset`, `--max-samples`, `--report-dir`, `--device`,
+  `--reference-images`, `--seed`); one marker per model profile, so `-m tiny_llava` or `-m llava7b` selects a model.
+- Any test that asks for the `profile` fixture (directly or through `vlm`) is run once per profile.
+- `vlm` and `dataset` are loaded once per worker process and kept on the run's `SuiteSession` (in
+  `config.stash`, as syrupy keeps its session); absent weights skip with a reason.
+- The `claim` fixture records measurements; after the run, the controller (never an xdist worker)
+  writes `reports/<profile>/report.json` and `REPORT.md` from the test reports it received, with each
+  worker's statistics (result-cache hits, claims run) from `workeroutput` under the report's `run`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mechanisms.models.registry import (
+    CheckpointError,
+    CheckpointUnavailable,
+    Profile,
+    check_checkpoint_dir,
+    fingerprint_checkpoint,
+    load_profiles,
+    resolve_checkpoint,
+)
+from mechanisms.suite import recorder as rec
+
+PROFILES: dict[str, Profile] = load_profiles()  # read at import: markers and parametrization need them
+
+
+@dataclass
+class SuiteSession:
+    """What one pytest process holds for the run: the checkpoint paths it was given, the models and
+    datasets it loaded (once per process), and the statistics it sends the controller."""
+
+    model_paths: dict[str | None, str]
+    models: dict[tuple, object] = field(default_factory=dict)
+    datasets: dict[str, object] = field(default_factory=dict)
+    claims_run: int = 0
+
+    def statistics(self) -> dict:
+        """Result-cache counters over this process's models, and how many claims it ran."""
+        caches = [m.results for m in self.models.values() if hasattr(m, "results")]
+        return {"claims": self.claims_run, "cache_hits": sum(c.hits for c in caches),
+                "cache_misses": sum(c.misses for c in caches), "cache_recovered": sum(c.recovered for c in caches)}
+
+
+SESSION = pytest.StashKey[SuiteSession]()
+WORKER_STATISTICS = "vlm_statistics"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vlm-mechanisms", "claims about how vision-language models localize objects")
+    group.addoption("--model-path", action="append", dest="vlm_model_paths", default=[],
+                    metavar="[PROFILE=]PATH",
+                    help="checkpoint folder for a profile (PROFILE=PATH), or for every selected profile (PATH)")
+    group.addoption("--dataset", dest="vlm_dataset", default=None, metavar="SPEC",
+                    help="dataset folder (COCO-format, see README), or 'synthetic' / 'synthetic:SEED:N'")
+    group.addoption("--max-samples", dest="vlm_max_samples", type=int, default=None, metavar="N",
+                    help="measure at most N objects per claim (a seeded subset)")
+    group.addoption("--report-dir", dest="vlm_report_dir", default="reports", metavar="DIR",
+                    help="where reports/<profile>/report.json and REPORT.md are written")
+    group.addoption("--device", dest="vlm_device", default="cpu",
+                    help="torch device for the models: cpu, cuda (under xdist each worker takes its own GPU), "
+                         "cuda:N, or auto (one model spread over all GPUs with accelerate's device_map)")
+    group.addoption("--shard", dest="vlm_shard", default=None, metavar="I/N",
+                    help="run only the I-th of N equal shares of the claims (merge the reports with "
+                         "python -m mechanisms.reports.compare --merge)")
+    group.addoption("--reference-images", dest="vlm_reference_images", default=None, metavar="DIR",
+                    help="images whose mean visual token replaces ablated tokens (the paper: ImageNet val); "
+                         "default: a synthetic pool, 'synthetic:777:100'")
+    group.addoption("--probe-train", dest="vlm_probe_train", default=None, metavar="DIR",
+                    help="images to train positional probes on (default: the profile's synthetic set)")
+    group.addoption("--probe-test", dest="vlm_probe_test", default=None, metavar="DIR",
+                    help="held-out images to evaluate positional probes on")
+    group.addoption("--result-cache", dest="vlm_result_cache", default=None, metavar="DIR",
+                    help="where finished measurements are kept so a rerun resumes (default: .cache/results)")
+    group.addoption("--no-result-cache", dest="vlm_no_result_cache", action="store_true",
+                    help="measure everything afresh and keep nothing on disk")
+    group.addoption("--seed", dest="vlm_seed", type=int, default=0,
+                    help="seed for sample subsets, random controls and bootstrap intervals")
+
+
+def _parse_model_paths(values: list[str]) -> dict[str | None, str]:
+    paths: dict[str | None, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in PROFILES:
+            paths[name] = path
+        elif sep and not Path(value).exists():
+            raise pytest.UsageError(f"--model-path {value}: unknown profile {name!r} "
+                                    f"(known: {', '.join(PROFILES)})")
+        else:
+            paths[None] = value
+    for name, path in paths.items():
+        try:
+            check_checkpoint_dir(path)
+        except CheckpointError as err:
+            raise pytest.UsageError(f"--model-path {path}: {err}") from err
+    return paths
+
+
+class ClaimReporter:
+    """Collects test reports on the controller and writes one report per profile (a registered plugin)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.entries: dict[str, dict] = {}
+        self.started = time.time()
+        self.reports: dict[str, dict] = {}
+        self.workers: dict[str, dict] = {}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist: a worker finished; keep the statistics it sent."""
+        statistics = getattr(node, "workeroutput", {}).get(WORKER_STATISTICS)
+        if statistics is not None:
+            self.workers[node.workerinput["workerid"]] = statistics
+
+    def entry(self, report: pytest.TestReport) -> dict | None:
+        props = dict((k, v) for k, v in report.user_properties if k in (rec.PROFILE, rec.CLAIM))
+        if rec.PROFILE not in props:
+            return None
+        claim = props.get(rec.CLAIM, {})
+        return self.entries.setdefault(report.nodeid, {
+            "nodeid": report.nodeid, "profile": props[rec.PROFILE], "title": claim.get("title", report.nodeid),
+            "finding": claim.get("finding", ""), "reference": claim.get("reference", ""),
+            "outcome": "unknown", "measurements": [], "expectations": [], "notes": [], "tables": [],
+            "context": None})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.entry(report)
+        if entry is None:
+            return
+        if report.when == "call" or (report.when == "setup" and not report.passed) or \
+                (report.when == "teardown" and report.failed):
+            entry["measurements"] = [v for k, v in report.user_properties if k == rec.MEASUREMENT]
+            entry["expectations"] = [v for k, v in report.user_properties if k == rec.EXPECTATION]
+            entry["notes"] = [v for k, v in report.user_properties if k == rec.NOTE]
+            entry["tables"] = [v for k, v in report.user_properties if k == rec.TABLE]
+            contexts = [v for k, v in report.user_properties if k == rec.CONTEXT]
+            entry["context"] = contexts[-1] if contexts else None
+            if report.skipped:
+                entry["outcome"] = "skipped"
+                entry["reason"] = _skip_reason(report)
+            elif report.failed:
+                entry["outcome"] = "failed" if report.when == "call" else "error"
+                entry["reason"] = _failure_reason(report)
+            else:
+                entry["outcome"] = "passed"
+            entry["duration_s"] = round(report.duration, 3)
+
+    def pytest_sessionfinish(self) -> None:
+        by_profile: dict[str, list[dict]] = {}
+        for entry in self.entries.values():
+            by_profile.setdefault(entry["profile"], []).append(entry)
+        from mechanisms.reports.report import build_report, write_report
+
+        report_dir = Path(self.config.getoption("vlm_report_dir"))
+        for profile, entries in sorted(by_profile.items()):
+            durations = {e["nodeid"]: e.pop("duration_s", None) for e in entries}
+            workers = self.workers or {"main": self.config.stash[SESSION].statistics()}
+            report = build_report(profile, entries, self.config.getoption("vlm_seed"),
+                                  run={"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)),
+                                       "wall_s": round(time.time() - self.started, 1), "durations_s": durations,
+                                       "workers": dict(sorted(workers.items()))})
+            write_report(report_dir, report)
+            self.reports[profile] = report
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        from mechanisms.reports.report import terminal_rows
+
+        for profile, report in self.reports.items():
+            terminalreporter.write_sep("=", f"effect sizes: {profile}")
+            for row in terminal_rows(report):
+                terminalreporter.write_line(row)
+            terminalreporter.write_line(f"report: {Path(self.config.getoption('vlm_report_dir')) / profile / 'REPORT.md'}")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def _failure_reason(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return crash.message if crash is not None else str(report.longrepr)[-2000:]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # xdist: share the cores instead of oversubscribing them (2 threads x n workers)
+        import os
+
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workerinput.get("workercount", 1))))
+    for name, profile in PROFILES.items():
+        config.addinivalue_line("markers", f"{name}: claims run on {profile.description}")
+    config.stash[SESSION] = SuiteSession(_parse_model_paths(config.getoption("vlm_model_paths")))
+    if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports, never a worker
+        config.pluginmanager.register(ClaimReporter(config), "vlm-claim-reporter")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "profile" in metafunc.fixturenames:
+        metafunc.parametrize("profile", [pytest.param(p, id=name, marks=getattr(pytest.mark, name))
+                                         for name, p in PROFILES.items()])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """xdist worker: send this process's statistics to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and SESSION in session.config.stash:
+        workeroutput[WORKER_STATISTICS] = session.config.stash[SESSION].statistics()
+
+
+def _worker_device(config: pytest.Config) -> str:
+    """`cuda` under xdist pins worker gwK to GPU K mod the GPU count, so each worker loads onto its own."""
+    device = config.getoption("vlm_device")
+    workerinput = getattr(config, "workerinput", None)
+    if device == "cuda" and workerinput is not None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:
+            return f"cuda:{int(workerinput['workerid'].removeprefix('gw')) % count}"
+    return device
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, total = value.partition("/")
+    if not sep or not index.isdigit() or not total.isdigit() or not 1 <= int(index) <= int(total):
+        raise pytest.UsageError(f"--shard {value}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(index), int(total)
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k selection, so shards split what would actually run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = _parse_shard(config.getoption("vlm_shard"))
+    if shard is not None:  # deterministic: the same claims land in the same shard on every machine
+        index, total = shard
+        ordered = sorted(item.nodeid for item in items)
+        mine = {nodeid for i, nodeid in enumerate(ordered) if i % total == index - 1}
+        deselected = [item for item in items if item.nodeid not in mine]
+        items[:] = [item for item in items if item.nodeid in mine]
+        config.hook.pytest_deselected(items=deselected)
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or "profile" not in callspec.params:
+            continue
+        item.user_properties.append((rec.PROFILE, callspec.params["profile"].name))
+        item.user_properties.append((rec.CLAIM, _describe_claim(item)))
+
+
+def _describe_claim(item: pytest.Item) -> dict:
+    doc = inspect.getdoc(getattr(item, "obj", None)) or ""
+    lines = doc.splitlines()
+    reference = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Paper:")), "")
+    finding = "\n".join(ln for ln in lines if not ln.startswith("Paper:")).strip()
+    first_paragraph = " ".join(doc.split("\n\n")[0].split()) if doc else item.name
+    title = first_paragraph.split(". ")[0].rstrip(".")
+    return {"title": title, "finding": finding, "reference": reference}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    result = yield
+    recorder = pyfuncitem.funcargs.get("claim")
+    if isinstance(recorder, rec.ClaimRecorder):
+        pyfuncitem.config.stash[SESSION].claims_run += 1
+        message = recorder.failure_message()
+        if message:
+            raise AssertionError(message)
+    return result
+
+
+# ----- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vlm(profile: Profile, request: pytest.FixtureRequest):
+    """The model under test for this profile, loaded once per worker; skips when its weights are absent."""
+    from mechanisms.models.adapters import FamilyNotSupported, load_adapter
+    from mechanisms.tasks.model_under_test import VLM
+
+    session = request.config.stash[SESSION]
+    explicit = session.model_paths.get(profile.name, session.model_paths.get(None))
+    device = _worker_device(request.config)
+    key = (profile.name, explicit, device)
+    if key not in session.models:
+        try:
+            checkpoint = resolve_checkpoint(profile, explicit)
+            adapter = load_adapter(profile.family, checkpoint, profile.torch_dtype, device)
+        except (CheckpointUnavailable, FamilyNotSupported) as err:
+            session.models[key] = err
+        else:
+            from mechanisms.data import cache_root
+            from mechanisms.models.mean_embedding import DEFAULT_REFERENCE
+            from mechanisms.storage import ResultCache
+
+            reference = request.config.getoption("vlm_reference_images") or DEFAULT_REFERENCE
+            fingerprint = fingerprint_checkpoint(checkpoint)
+            root = None if request.config.getoption("vlm_no_result_cache") else Path(
+                request.config.getoption("vlm_result_cache") or cache_root() / "results")
+            session.models[key] = VLM(profile, adapter, checkpoint, fingerprint, device, reference_images=reference,
+                                      results=ResultCache(root, fingerprint))
+    loaded = session.models[key]
+    if isinstance(loaded, Exception):
+        pytest.skip(str(loaded))
+    return loaded
+
+
+@pytest.fixture
+def dataset(profile: Profile, request: pytest.FixtureRequest):
+    """The evaluation set: --dataset, else the profile's default; loaded once per worker."""
+    from mechanisms.data import resolve_dataset
+
+    spec = request.config.getoption("vlm_dataset") or profile.default_dataset
+    if spec == "coco":
+        pytest.skip(f"{profile.name} is measured on COCO, which cannot be downloaded here: pass --dataset "
+                    f"/path/to/dataset-folder (README: 'running on COCO'), or --dataset synthetic")
+    datasets = request.config.stash[SESSION].datasets
+    if spec not in datasets:
+        datasets[spec] = resolve_dataset(spec)
+    return datasets[spec]
+
+
+@pytest.fixture
+def claim(request: pytest.FixtureRequest, vlm, dataset) -> rec.ClaimRecorder:
+    """Records a claim's measurements and expectations into its test report."""
+    recorder = rec.ClaimRecorder(request.node.user_properties, request.config.getoption("vlm_seed"),
+                                 request.config.getoption("vlm_max_samples"))
+    request.node.user_properties.append((rec.CONTEXT, {"model": vlm.describe(), "dataset": dataset.describe()}))
+    return recorder
