@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mechanisms.data import resolve_dataset
 from mechanisms.experiments.knockout_sweep import knockout_answers, layer_groups
 from mechanisms.experiments.mediation import mediate_pair
-from mechanisms.tasks.specs import BINARY, BOX
 from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation, nnsight_mediation
-from mechanisms.data import resolve_dataset
-from mechanisms.models.registry import REPO_ROOT, fingerprint_checkpoint, load_profiles
 from mechanisms.models.adapters.llava import load_llava
+from mechanisms.models.registry import REPO_ROOT, fingerprint_checkpoint, load_profiles
 from mechanisms.tasks.model_under_test import VLM
+from mechanisms.tasks.specs import BINARY, BOX
 
 
 def timed(fn):

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from mechanisms.models.adapters import load_adapter
 from mechanisms.data import resolve_dataset
-from mechanisms.tasks.generation import Generator
 from mechanisms.interventions import conditions as C
-from mechanisms.models.mean_embedding import DEFAULT_REFERENCE, mean_visual_embedding
 from mechanisms.interventions.tokens import editing_visual_tokens
-from mechanisms.tasks.prompts import box_prompt
+from mechanisms.models.adapters import load_adapter
+from mechanisms.models.mean_embedding import DEFAULT_REFERENCE, mean_visual_embedding
 from mechanisms.models.registry import REPO_ROOT, fingerprint_checkpoint
+from mechanisms.tasks.generation import Generator
+from mechanisms.tasks.prompts import box_prompt
 
 
 def main() -> None:

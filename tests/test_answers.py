@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mechanisms.models.adapters.llava import LlavaAdapter
-from mechanisms.models.adapters.internvl import parse_internvl_box
-from mechanisms.models.adapters.llava import parse_float_box
-from mechanisms.tasks.answers import mentions, parse_yes_no
 from mechanisms.geometry import Box
+from mechanisms.models.adapters.internvl import parse_internvl_box
+from mechanisms.models.adapters.llava import LlavaAdapter, parse_float_box
+from mechanisms.tasks.answers import mentions, parse_yes_no
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 

@@ -3,23 +3,22 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mechanisms.experiments import head_ablation, knockout_sweep, mediation
-from mechanisms.tasks.specs import BINARY, BOX
-from mechanisms.models.adapters.llava import load_llava
-from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation, nnsight_mediation
 from mechanisms.data import resolve_dataset
+from mechanisms.experiments import head_ablation, knockout_sweep, mediation
+from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation, nnsight_mediation
 from mechanisms.interventions.heads import ablating_heads, patching_heads, recording_heads
 from mechanisms.interventions.knockout import knocking_out, spec_per_layer_set
-from mechanisms.tasks.prompts import box_prompt
+from mechanisms.models.adapters.llava import load_llava
 from mechanisms.models.registry import REPO_ROOT, load_profiles
 from mechanisms.tasks.model_under_test import VLM
+from mechanisms.tasks.prompts import box_prompt
+from mechanisms.tasks.specs import BINARY, BOX
 
 SHIPPED = REPO_ROOT / "fixtures/models/tiny-llava"
 

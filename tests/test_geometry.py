@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mechanisms.geometry import (
-    coco_equivalent_area,
     Box,
     View,
+    coco_equivalent_area,
     coco_size_bucket,
     dilate,
     iou,

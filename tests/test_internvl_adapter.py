@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mechanisms.models.adapters.internvl import InternVLAdapter, load_internvl
 from mechanisms.geometry import Box, dilate
 from mechanisms.interventions.selection import object_tokens, per_view
+from mechanisms.models.adapters.internvl import InternVLAdapter, load_internvl
 from mechanisms.organisms.tiny_internvl import IMAGENET_MEAN, IMAGENET_STD, save_random_real_geometry
 from mechanisms.tasks.prompts import box_prompt
 

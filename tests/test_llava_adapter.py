@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import LlavaImageProcessor
 
-from mechanisms.models.adapters.llava import LlavaAdapter, load_llava
 from mechanisms.geometry import dilate
+from mechanisms.models.adapters.llava import LlavaAdapter, load_llava
 from mechanisms.organisms.tiny_llava import CLIP_MEAN, CLIP_STD, save_random_real_geometry
 from mechanisms.tasks.prompts import box_prompt
 

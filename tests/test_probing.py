@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechanisms.models.adapters.llava import load_llava
 from mechanisms.data.image_sets import image_set
-from mechanisms.experiments.probing import Extraction, _save_npz, extract, stage_states, train_probe
+from mechanisms.experiments.probing import Extraction, extract, save_npz, stage_states, train_probe
+from mechanisms.models.adapters.llava import load_llava
 from mechanisms.models.registry import REPO_ROOT
 
 GRID = 6
@@ -29,7 +29,7 @@ def _fake_extraction(root, n_images: int, informative: bool, seed: int) -> Extra
                 x[np.arange(GRID * GRID), GRID + cols] += 3
             xs.append(x)
             rr.append(rows), cc.append(cols), im.append(np.full(GRID * GRID, chunk * per_chunk + image))
-        _save_npz(root / "s" / f"chunk-{chunk:05d}.npz", x=np.concatenate(xs).astype(np.float16),
+        save_npz(root / "s" / f"chunk-{chunk:05d}.npz", x=np.concatenate(xs).astype(np.float16),
                   rows=np.concatenate(rr).astype(np.int16), cols=np.concatenate(cc).astype(np.int16),
                   image=np.concatenate(im).astype(np.int32))
     return Extraction(root, ["s"], 2)

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from mechanisms.suite.recorder import ClaimRecorder
 from mechanisms.reports.report import build_report, render_markdown, terminal_rows, write_report
+from mechanisms.suite.recorder import ClaimRecorder
 
 
 def _entry(seed: int = 0) -> dict:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mechanisms.models.adapters import InternVLAdapter, LlavaAdapter, ModelAdapter, load_adapter
 from mechanisms.data.synthetic import CATEGORY_NAMES, generate_scenes, render_scene
+from mechanisms.models.adapters import InternVLAdapter, LlavaAdapter, ModelAdapter, load_adapter
+from mechanisms.models.registry import REPO_ROOT
 from mechanisms.organisms import tiny_internvl, tiny_llava
 from mechanisms.organisms.train import ChatBuilder
 from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
-from mechanisms.models.registry import REPO_ROOT
 
 
 @dataclass(frozen=True)

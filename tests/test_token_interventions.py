@@ -19,10 +19,10 @@ from mechanisms.geometry import Box, View, dilate, grow_by_cells, pad_to_square_
 from mechanisms.interventions.selection import (
     object_tokens,
     per_view,
-    view_kinds,
     random_tokens,
     register_tokens,
     top_k,
+    view_kinds,
 )
 from mechanisms.interventions.tokens import (
     MEAN,
@@ -537,8 +537,8 @@ MAX_NEW_TOKENS = 20
 
 @pytest.fixture(scope="module")
 def shipped():
-    from mechanisms.models.adapters.llava import load_llava
     from mechanisms.data import resolve_dataset
+    from mechanisms.models.adapters.llava import load_llava
     from mechanisms.tasks.prompts import binary_prompt, box_prompt
 
     adapter = load_llava(SHIPPED, torch.float32, "cpu")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mechanisms.data.dataset import DatasetError, read_json, load_dataset
+from mechanisms.data.dataset import DatasetError, load_dataset, read_json
 from mechanisms.storage import atomic_write_json
 
 

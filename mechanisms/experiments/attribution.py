@@ -18,6 +18,7 @@ import torch
 from mechanisms.data.dataset import Dataset, ObjectSample
 from mechanisms.tasks.specs import TaskSpec
 
+
 def answer_logprob(adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer: slice,
                    features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted sum of log p(answer token | everything before it), one value per row of `features`."""

@@ -63,13 +63,13 @@ def stage_states(adapter, images: list) -> dict[str, tuple[np.ndarray, ...]]:
     return {stage: tuple(np.concatenate([p[k] for p in parts]) for k in range(4)) for stage, parts in out.items()}
 
 
-def _save_npz(path: Path, **arrays) -> None:
+def save_npz(path: Path, **arrays) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_npz(path: Path) -> dict | None:
+def load_npz(path: Path) -> dict | None:
     try:
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
@@ -100,12 +100,12 @@ def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress
         from tqdm import tqdm
         iterator = tqdm(iterator, desc="extracting hidden states", unit="chunk")
     for chunk in iterator:
-        if stages is not None and all(_load_npz(root / s / f"chunk-{chunk:05d}.npz") is not None for s in stages):
+        if stages is not None and all(load_npz(root / s / f"chunk-{chunk:05d}.npz") is not None for s in stages):
             continue
         images = [load() for load in loaders[chunk * chunk_images:(chunk + 1) * chunk_images]]
         states = stage_states(adapter, images)
         for stage, (x, rows, cols, image) in states.items():
-            _save_npz(root / stage / f"chunk-{chunk:05d}.npz", x=x, rows=rows.astype(np.int16),
+            save_npz(root / stage / f"chunk-{chunk:05d}.npz", x=x, rows=rows.astype(np.int16),
                       cols=cols.astype(np.int16), image=(image + chunk * chunk_images).astype(np.int32))
         if stages is None:
             stages = list(states)
@@ -152,7 +152,7 @@ class ProbeResult:
 def _standardizer(chunks: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     total, total_sq, count = None, None, 0
     for path in chunks:
-        x = torch.from_numpy(_load_npz(path)["x"]).double()
+        x = torch.from_numpy(load_npz(path)["x"]).double()
         total = x.sum(0) if total is None else total + x.sum(0)
         total_sq = (x ** 2).sum(0) if total_sq is None else total_sq + (x ** 2).sum(0)
         count += x.shape[0]
@@ -176,7 +176,7 @@ def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_
     optimizer = torch.optim.Adam([*rows_head.parameters(), *cols_head.parameters()], lr=lr)
     for _ in range(epochs):
         for index in rng.permutation(len(chunks)):
-            data = _load_npz(chunks[index])
+            data = load_npz(chunks[index])
             x = (torch.from_numpy(data["x"]).float() - mean) / std
             rows, cols = torch.from_numpy(data["rows"]).long(), torch.from_numpy(data["cols"]).long()
             if shuffle_labels:
@@ -193,7 +193,7 @@ def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_
     row_hits, col_hits, all_rows, all_cols, all_images = [], [], [], [], []
     with torch.no_grad():
         for path in test.chunks(stage):
-            data = _load_npz(path)
+            data = load_npz(path)
             x = (torch.from_numpy(data["x"]).float() - mean) / std
             rows, cols = data["rows"].astype(int), data["cols"].astype(int)
             row_hits.append(rows_head(x).argmax(-1).numpy() == rows)
@@ -240,7 +240,7 @@ class ProbeStudy:
 
 
 def _grid_of(extraction: Extraction, stage: str) -> tuple[int, int]:
-    data = _load_npz(extraction.chunks(stage)[0])
+    data = load_npz(extraction.chunks(stage)[0])
     return int(data["rows"].max()) + 1, int(data["cols"].max()) + 1
 
 

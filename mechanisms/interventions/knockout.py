@@ -2,13 +2,12 @@
 
 A custom attention function, registered with transformers' `AttentionInterface` (and the matching
 mask function with `AttentionMaskInterface`), is switched on for the text model only (the dict form of
-`set_attn_implementation`; the vision tower keeps its own). Inside, for the layers a batch element names, query
-positions from `query_from` on may not attend to its blocked keys; everything else is plain
-SDPA with the model's own mask, so an empty knockout is bit-identical to no knockout.
+`set_attn_implementation`, through the adapter; the vision tower keeps its own). Inside, for the layers
+a batch element names, query positions from `query_from` on may not attend to its blocked keys;
+everything else is plain SDPA with the model's own mask, so an empty knockout is bit-identical to none.
 
 Elements of a batch carry their own spec (one layer group per batch element), which is how sweeps are
-batched.
-Query positions under a cache are `kv_len - q_len + i`: a spec is written in absolute positions.
+batched. Query positions under a cache are `kv_len - q_len + i`: a spec is written in absolute positions.
 """
 
 from __future__ import annotations

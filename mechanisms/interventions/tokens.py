@@ -7,7 +7,8 @@ around the object. One representation means one way to apply, compose and cache 
 edit is literally `source = arange(n)`.
 
 An edit knows nothing about model families: it indexes the image tokens in the order they enter the
-LM (the adapter's views, concatenated). Selections (which tokens) come from `interventions.selection`; named recipes from `interventions.conditions`.
+LM (the adapter's views, concatenated). Selections (which tokens) come from `interventions.selection`;
+the paper's named conditions from `interventions.conditions`.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def editing_visual_tokens(adapter, edits: list[TokenEdit | None], mean: torch.Te
     """Within the block, the model's own forward passes see edited visual tokens (one edit per image).
 
     A forward hook on the projector: useful to intervene on code that calls the model directly
-    (`model.generate(pixel_values=...)`). Sweeps use `tasks.generation.Generator.generate_conditions`, which runs the vision tower
-    once per image instead.
+    (`model.generate(pixel_values=...)`). Sweeps use `tasks.generation.Generator.generate_conditions`,
+    which runs the vision tower once per image instead.
     """
 
     def hook(module, inputs, output):

@@ -26,11 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from transformers import LlavaForConditionalGeneration
 
-from mechanisms.models.adapters.base import ModelAdapter
-from mechanisms.models.adapters.llava import LlavaAdapter
 from mechanisms.data.synthetic import (
     CATEGORY_NAMES,
     DEFAULT_COOCCURRENCE,
@@ -41,8 +38,10 @@ from mechanisms.data.synthetic import (
     render_scene,
 )
 from mechanisms.geometry import iou, mask_bbox
-from mechanisms.storage import atomic_write_json, atomic_write_text
+from mechanisms.models.adapters.base import ModelAdapter
+from mechanisms.models.adapters.llava import LlavaAdapter
 from mechanisms.organisms import tiny_llava
+from mechanisms.storage import atomic_write_json, atomic_write_text
 from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
 
 TRAIN_SCENE_SEED_OFFSET = 1_000_003  # training scenes never share a seed with evaluation sets

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mechanisms.models.adapters.internvl import InternVLAdapter
 from mechanisms.data.synthetic import CATEGORY_NAMES, SceneConfig, SceneSpec, generate_scenes, render_mask, render_scene
+from mechanisms.models.adapters.internvl import InternVLAdapter
 from mechanisms.organisms import tiny_internvl
 from mechanisms.organisms.train import (
     TRAIN_SCENE_SEED_OFFSET,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -13,6 +14,18 @@ from mechanisms.geometry import Box, View
 
 NUMBER = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"  # a number as answers write it (box parsers)
 NEUTRAL_QUESTION = "Describe the image."  # the text beside an image when only its visual tokens matter
+
+
+def first_box(pattern: re.Pattern, text: str, scale: float = 1.0) -> tuple[float, float, float, float] | None:
+    """The first match of `pattern` (four number groups) in `text`, divided by `scale`, as a box in [0, 1];
+    None when there is none or it is not a box (outside [0, 1], or x1 <= x0, or y1 <= y0)."""
+    match = pattern.search(text)
+    if not match:
+        return None
+    values = tuple(float(v) / scale for v in match.groups())
+    if not all(0.0 <= v <= 1.0 for v in values) or values[2] <= values[0] or values[3] <= values[1]:
+        return None
+    return values  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import re
 
 import torch
 
-from mechanisms.models.adapters.base import NUMBER, ModelAdapter
 from mechanisms.geometry import Box, View
+from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box
 
 PAPER_MAX_TILES = 6  # §2.1: "we cap the number of local tiles at six"
 
@@ -24,13 +24,7 @@ _INTERNVL_BOX = re.compile(r"<box>\s*\[\s*\[\s*(" + NUMBER + r")\s*,\s*(" + NUMB
 
 def parse_internvl_box(text: str) -> tuple[float, float, float, float] | None:
     """InternVL's `<box>[[x0, y0, x1, y1]]</box>` on the 0-1000 scale, returned in [0, 1]."""
-    match = _INTERNVL_BOX.search(text)
-    if not match:
-        return None
-    values = tuple(float(v) / 1000.0 for v in match.groups())
-    if not all(0.0 <= v <= 1.0 for v in values) or values[2] <= values[0] or values[3] <= values[1]:
-        return None
-    return values  # type: ignore[return-value]
+    return first_box(_INTERNVL_BOX, text, 1000.0)
 
 
 class InternVLAdapter(ModelAdapter):

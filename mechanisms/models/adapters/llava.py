@@ -10,8 +10,8 @@ import re
 
 import torch
 
-from mechanisms.models.adapters.base import NUMBER, ModelAdapter
 from mechanisms.geometry import Box, View, pad_to_square_view
+from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box
 
 _FOUR_NUMBERS = re.compile(r"\[\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\s*("
                            + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*\]")
@@ -19,13 +19,7 @@ _FOUR_NUMBERS = re.compile(r"\[\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\
 
 def parse_float_box(text: str) -> tuple[float, float, float, float] | None:
     """LLaVA's `[x0, y0, x1, y1]` with coordinates in [0, 1]; the first such list in the text."""
-    match = _FOUR_NUMBERS.search(text)
-    if not match:
-        return None
-    values = tuple(float(v) for v in match.groups())
-    if not all(0.0 <= v <= 1.0 for v in values) or values[2] <= values[0] or values[3] <= values[1]:
-        return None
-    return values  # type: ignore[return-value]
+    return first_box(_FOUR_NUMBERS, text)
 
 
 class LlavaAdapter(ModelAdapter):
