@@ -144,6 +144,11 @@ def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, sna
     assert json.dumps({k: v for k, v in a.items() if k != "run"}, sort_keys=True) == \
         json.dumps({k: v for k, v in b.items() if k != "run"}, sort_keys=True)
     assert rounded_report(a) == snapshot  # a code change that moves an effect size shows up as a diff
+    # each worker's statistics reach the controller through workeroutput (claims run, result-cache counters)
+    workers = b["run"]["workers"]
+    assert set(workers) == {"gw0", "gw1"}
+    assert sum(w["claims"] for w in workers.values()) == sum(e["outcome"] != "skipped" for e in b["claims"])
+    assert all(w["cache_misses"] > 0 for w in workers.values())
     assert "effect sizes: tiny_llava" in parallel.stdout
     assert (parallel_dir / "tiny_llava" / "REPORT.md").is_file()
 
