@@ -148,7 +148,6 @@ def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, sna
     workers = b["run"]["workers"]
     assert set(workers) == {"gw0", "gw1"}
     assert sum(w["claims"] for w in workers.values()) == sum(e["outcome"] != "skipped" for e in b["claims"])
-    assert all(w["cache_misses"] > 0 for w in workers.values())
     assert "effect sizes: tiny_llava" in parallel.stdout
     assert (parallel_dir / "tiny_llava" / "REPORT.md").is_file()
 
