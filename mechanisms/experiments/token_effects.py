@@ -76,7 +76,7 @@ def ablation_row(order: int, effects: Effects, conditions: Conditions | Mapping[
     per_task = conditions if isinstance(conditions, Mapping) else {task: conditions for task in TASKS}
     first_listed = _listed(next(iter(per_task.values())))
     first = first_listed[0]
-    strategy = first.label + (f" ({len(first_listed)} seeds)" if first.kind == "random" else "")
+    strategy = first.label + (f" ({len(first_listed)} seeds)" if first.recipe == "random" else "")
     section, key = first.paper or (None, None)
     paper_tokens = profile.paper_value(f"{section}_tokens", key) if key and first != BASELINE else None
     row = {"order": order, "strategy": strategy, "k": k,

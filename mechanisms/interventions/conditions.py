@@ -1,7 +1,7 @@
 """The paper's token-level conditions as data: one frozen record per condition, each building a sample's
 `TokenEdit`.
 
-A condition is a value (kind + parameters + seed), so claims compare conditions, effects are indexed by
+A condition is a value (recipe + parameters + seed), so claims compare conditions, effects are indexed by
 them, and everything a report needs is derived from the record in one place: `name` (stable; it keys
 result caches, so it carries every parameter and seed), `label` (the row of the paper's table), and
 `paper` (where the paper's value for it lives in a profile). `BASELINE` is the unmodified model.
@@ -27,11 +27,11 @@ VIEW_LABELS = {("global",): "Global", ("local",): "Local", None: "Both"}
 
 @dataclass(frozen=True)
 class Condition:
-    """An intervention on the visual tokens, as data. `kind` names the recipe (see the constructors
+    """An intervention on the visual tokens, as data. `recipe` names it (see the constructors
     below); unused parameters stay None. `scores` (top-k only) is the per-sample ranking, excluded from
     equality: `ranking` names it."""
 
-    kind: str
+    recipe: str
     padding: int = 0
     seed: int | None = None
     views: tuple[str, ...] | None = None  # view kinds ("global", "local") an object ablation is limited to
@@ -43,26 +43,26 @@ class Condition:
     @property
     def name(self) -> str:
         """Stable and unique per condition (it keys caches)."""
-        if self.kind == "baseline":
+        if self.recipe == "baseline":
             return "baseline"
-        if self.kind == "object":
+        if self.recipe == "object":
             where = "" if self.views is None else "@" + "+".join(self.views)
             return f"ablate:object{self.padding:+d}{where}"
-        if self.kind == "random-matched":
+        if self.recipe == "random-matched":
             return f"ablate:random-matched{self.padding:+d}:seed{self.seed}"
-        if self.kind == "random":
+        if self.recipe == "random":
             return f"ablate:random{self.k}:seed{self.seed}"
-        if self.kind == "register":
+        if self.recipe == "register":
             return f"ablate:register{self.n_std:g}std"
-        if self.kind == "top-k":
+        if self.recipe == "top-k":
             return f"ablate:{self.ranking}-top{self.k}"
-        if self.kind == "container":
+        if self.recipe == "container":
             return f"container:+{self.padding}:seed{self.seed}"
-        if self.kind == "shuffle-all":
+        if self.recipe == "shuffle-all":
             return f"shuffle:all:seed{self.seed}"
-        if self.kind == "shuffle-object":
+        if self.recipe == "shuffle-object":
             return f"shuffle:object:seed{self.seed}"
-        raise ValueError(f"unknown condition kind {self.kind!r}")
+        raise ValueError(f"unknown condition recipe {self.recipe!r}")
 
     @property
     def label(self) -> str:
@@ -70,9 +70,9 @@ class Condition:
         labels = {"baseline": "Baseline", "random-matched": "Random (as many as object)", "random": "Random",
                   "register": "Register", "top-k": "Integrated Gradients", "container": f"+{self.padding} rings",
                   "shuffle-all": "Full", "shuffle-object": "Object"}
-        if self.kind == "object":
+        if self.recipe == "object":
             return "Object" if self.padding == 0 else f"{self.padding:+d} Padding"
-        return labels[self.kind]
+        return labels[self.recipe]
 
     @property
     def view_label(self) -> str:
@@ -82,21 +82,21 @@ class Condition:
     @property
     def paper(self) -> tuple[str, str] | None:
         """(section, key) of the paper's value for this condition in a profile's [paper.*] tables."""
-        if self.kind == "baseline":
+        if self.recipe == "baseline":
             return ("ablation", "baseline")
-        if self.kind == "object":
+        if self.recipe == "object":
             if self.views is None:
                 return ("ablation", f"object{self.padding:+d}")
             return ("view_ablation", f"{'+'.join(self.views)}{self.padding:+d}")
-        if self.kind == "register":
+        if self.recipe == "register":
             return ("ablation", "register")
-        if self.kind == "random":
+        if self.recipe == "random":
             return ("ablation", f"random-{self.k}")
-        if self.kind == "top-k" and self.ranking and self.ranking.startswith("ig-"):
+        if self.recipe == "top-k" and self.ranking and self.ranking.startswith("ig-"):
             return ("ablation", f"integrated-gradients-{self.k}")
-        if self.kind == "shuffle-all":
+        if self.recipe == "shuffle-all":
             return ("shuffling", "full")
-        if self.kind == "shuffle-object":
+        if self.recipe == "shuffle-object":
             return ("shuffling", "object")
         return None
 
@@ -104,27 +104,27 @@ class Condition:
              dataset: Dataset) -> tokens.TokenEdit | None:
         """This sample's edit of its visual tokens `features` [n, d] (None: the unmodified model)."""
         n = features.shape[0]
-        if self.kind == "baseline":
+        if self.recipe == "baseline":
             return None
-        if self.kind == "object":
+        if self.recipe == "object":
             return tokens.ablate(object_tokens(views, dataset.mask(sample), self.padding, self.views))
-        if self.kind == "random-matched":
+        if self.recipe == "random-matched":
             k = int(object_tokens(views, dataset.mask(sample), self.padding).sum())
             return tokens.ablate(random_tokens(n, k, _sample_rng(self.seed, sample, 1)))
-        if self.kind == "random":
+        if self.recipe == "random":
             return tokens.ablate(random_tokens(n, self.k, _sample_rng(self.seed, sample, 2)))
-        if self.kind == "register":
+        if self.recipe == "register":
             return tokens.ablate(register_tokens(features, self.n_std))
-        if self.kind == "top-k":
+        if self.recipe == "top-k":
             return tokens.ablate(top_k(self.scores[sample.annotation_id], self.k))
-        if self.kind == "container":
+        if self.recipe == "container":
             return tokens.containerize(views, dataset.mask(sample), self.padding, _sample_rng(self.seed, sample, 3))
-        if self.kind == "shuffle-all":  # the permutation depends on the image, not the object
+        if self.recipe == "shuffle-all":  # the permutation depends on the image, not the object
             rng = np.random.default_rng([self.seed, sample.image_id, 4])
             return tokens.permute(np.ones(n, dtype=bool), rng)
-        if self.kind == "shuffle-object":
+        if self.recipe == "shuffle-object":
             return tokens.permute(object_tokens(views, dataset.mask(sample), 0), _sample_rng(self.seed, sample, 5))
-        raise ValueError(f"unknown condition kind {self.kind!r}")
+        raise ValueError(f"unknown condition recipe {self.recipe!r}")
 
 
 def _sample_rng(seed: int, sample: ObjectSample, salt: int) -> np.random.Generator:
