@@ -78,9 +78,22 @@ def test_parse_internvl_box_scales_by_1000(corners, before, after):
     assert parsed == pytest.approx(tuple(v / 1000 for v in corners), abs=1e-12)
 
 
+@PROPERTY
+@given(hundredths_boxes(scale=1000), filler, st.booleans(), st.booleans(), st.booleans())
+def test_parse_internvl_box_reads_what_internvl_writes(corners, name, ref, tags, double):
+    """With or without `<ref>name</ref>`, with or without `<box>` tags, double or single brackets."""
+    numbers = ", ".join(str(v) for v in corners)
+    box = ("[[" + numbers + "]]") if double else ("[" + numbers + "]")
+    text = (f"<ref>{name}</ref>" if ref else name) + (f"<box>{box}</box>" if tags else box)
+    assert parse_internvl_box(text) == pytest.approx(tuple(v / 1000 for v in corners), abs=1e-12)
+
+
+def test_parse_internvl_box_prefers_the_double_bracketed_box():
+    assert parse_internvl_box("[1, 2, 3, 4] then [[100, 200, 300, 400]]") == (0.1, 0.2, 0.3, 0.4)
+    assert parse_internvl_box("[[300, 200, 100, 400]] [100, 200, 300, 400]") is None  # the box given is invalid
+
+
 @pytest.mark.parametrize("text", [
-    "[[100, 200, 300, 400]]",                 # no <box> tags
-    "<box>[100, 200, 300, 400]</box>",       # single brackets
     "<box>[[100, 200, 300]]</box>",          # three numbers
     "<box>[[100, 200, 1300, 400]]</box>",    # beyond 1000
     "<box>[[300, 200, 100, 400]]</box>",     # x1 < x0

@@ -178,6 +178,15 @@ def test_model_subsets_and_their_intersection(tmp_path, capsys):
     final = tmp_path / "final"
     assert data_main(["intersect", str(first), str(first), "--out", str(final)]) == 0
     assert [s.annotation_id for s in load_dataset(final).samples] == [s.annotation_id for s in kept.samples]
+    # the criterion is recorded (binary presence by default), reaches the report's dataset description,
+    # and subsets chosen by different criteria do not intersect
+    assert kept.control_criterion == "binary" == load_dataset(final).control_criterion
+    assert load_dataset(final).describe()["control_criterion"] == "binary"
+    by_list = tmp_path / "by-list"
+    assert data_main(["subset", "--dataset", str(built), "--profile", "tiny_llava", "--criterion", "list",
+                      "--out", str(by_list)]) == 0
+    assert load_dataset(by_list).control_criterion == "list"
+    assert data_main(["intersect", str(first), str(by_list), "--out", str(tmp_path / "mixed")]) == 2
 
 
 def test_coco_rem_style_annotations_load_like_coco(coco_fixture, tmp_path):

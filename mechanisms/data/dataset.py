@@ -49,6 +49,7 @@ class Dataset:
     samples: list[ObjectSample]
     fingerprint: str
     skipped: Counter = field(default_factory=Counter)
+    control_criterion: str | None = None  # how the object-removed control set was chosen (`data subset`)
     _annotations: dict = field(default_factory=dict, repr=False)
     _images: dict = field(default_factory=dict, repr=False)
 
@@ -77,7 +78,8 @@ class Dataset:
     def describe(self) -> dict:
         return {"name": self.name, "root": str(self.root), "fingerprint": self.fingerprint,
                 "n_samples": len(self.samples), "n_images": len({s.image_id for s in self.samples}),
-                "skipped": dict(sorted(self.skipped.items()))}
+                "skipped": dict(sorted(self.skipped.items())),
+                **({"control_criterion": self.control_criterion} if self.control_criterion else {})}
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -113,6 +115,7 @@ def load_dataset(root: str | Path) -> Dataset:
         instances_path = root / manifest.get("instances", "instances.json")
         images_dir = root / manifest.get("images_dir", "images")
         name = manifest.get("name", root.name)
+        criterion = manifest.get("control_criterion")
         counterfactuals = {int(c["annotation_id"]): root / c["file_name"]
                            for c in manifest.get("counterfactuals", [])}
     else:
@@ -122,7 +125,7 @@ def load_dataset(root: str | Path) -> Dataset:
         instances_path = candidates[0]
         images_dir = next((d for d in (root / "images", root / instances_path.stem.split("_")[-1], root)
                            if d.is_dir()), root)
-        name, counterfactuals = root.name, {}
+        name, counterfactuals, criterion = root.name, {}, None
     instances = read_json(instances_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(instances.get(key), list):
@@ -178,7 +181,7 @@ def load_dataset(root: str | Path) -> Dataset:
         digest.update(manifest_path.read_bytes())
     return Dataset(name=name, root=root, categories=[categories[k] for k in sorted(categories)],
                    samples=samples, fingerprint=digest.hexdigest()[:16], skipped=skipped,
-                   _annotations=annotations, _images=coco.imgs)
+                   control_criterion=criterion, _annotations=annotations, _images=coco.imgs)
 
 
 def decode_mask(ann: dict, image_info: dict) -> np.ndarray:

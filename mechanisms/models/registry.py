@@ -39,6 +39,7 @@ class Profile:
     default_dataset: str = "synthetic"
     hf_id: str | None = None
     shipped_path: str | None = None
+    system_prompt: str | None = None  # the system text the model was trained with (None: the template's own)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
     paper: dict[str, dict[str, Any]] = field(default_factory=dict)
 

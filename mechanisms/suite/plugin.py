@@ -82,6 +82,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where finished measurements are kept so a rerun resumes (default: .cache/results)")
     group.addoption("--no-result-cache", dest="vlm_no_result_cache", action="store_true",
                     help="measure everything afresh and keep nothing on disk")
+    group.addoption("--dtype", dest="vlm_dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="weights' dtype (default: the profile's; on CPU use float32 or bfloat16, fp16 is very slow)")
+    group.addoption("--system-prompt", dest="vlm_system_prompt", default=None, metavar="TEXT",
+                    help="the {System} text of every prompt (default: the profile's, as the model was trained; "
+                         "'' for none)")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 
@@ -299,7 +304,12 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
     if key not in session.models:
         try:
             checkpoint = resolve_checkpoint(profile, explicit)
-            adapter = load_adapter(profile.family, checkpoint, profile.torch_dtype, device)
+            import torch
+
+            dtype = getattr(torch, request.config.getoption("vlm_dtype") or profile.dtype)
+            system = request.config.getoption("vlm_system_prompt")
+            adapter = load_adapter(profile.family, checkpoint, dtype, device,
+                                   profile.system_prompt if system is None else (system or None))
         except (CheckpointUnavailable, FamilyNotSupported) as err:
             session.models[key] = err
         else:

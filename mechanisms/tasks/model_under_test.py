@@ -61,7 +61,8 @@ class VLM:
 
     def describe(self) -> dict:
         return {"profile": self.profile.name, "family": self.profile.family, "checkpoint": str(self.checkpoint),
-                "fingerprint": self.fingerprint, "dtype": self.profile.dtype, "device": self.device,
+                "fingerprint": self.fingerprint, "dtype": str(self.adapter.model.dtype).removeprefix("torch."),
+                "device": self.device, "system_prompt": self.adapter.system_prompt,
                 "reference_images": self.reference_images}
 
     def mean_visual_embedding(self) -> torch.Tensor:

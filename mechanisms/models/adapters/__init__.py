@@ -17,13 +17,16 @@ class FamilyNotSupported(LookupError):
     """The profile's family has no adapter yet."""
 
 
-def load_adapter(family: str, path: Path, dtype: torch.dtype, device: str) -> ModelAdapter:
+def load_adapter(family: str, path: Path, dtype: torch.dtype, device: str,
+                 system_prompt: str | None = None) -> ModelAdapter:
     """`device` is a torch device, or "auto" to spread a model too large for one device over all of them
-    (transformers' `device_map="auto"`, which needs accelerate)."""
+    (transformers' `device_map="auto"`, which needs accelerate); `system_prompt`: the profile's."""
     if family not in LOADERS:
         raise FamilyNotSupported(f"the {family!r} model family has no adapter yet "
                                  f"(available: {', '.join(sorted(LOADERS))})")
-    return LOADERS[family](path, dtype, device)
+    adapter = LOADERS[family](path, dtype, device)
+    adapter.system_prompt = system_prompt
+    return adapter
 
 
 __all__ = ["FamilyNotSupported", "HeadLayout", "InternVLAdapter", "LlavaAdapter", "ModelAdapter", "load_adapter"]

@@ -43,15 +43,21 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, system_prompt: str | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.system_prompt = system_prompt  # §6.2's {System}: the text the model was trained with (profile data)
 
     # ----- prompts -------------------------------------------------------------------------------
     def chat_text(self, question: str) -> str:
-        """The full prompt text (system, image placeholder, task) ending where the answer begins."""
+        """The full prompt text ({System} {Image} {Task}, §6.2) ending where the answer begins. The system text
+        goes in as the chat template's system turn (the real checkpoints' templates render it as the model
+        was trained: Vicuna's `{system} USER: ...`, InternVL's `<|im_start|>system ...`); None leaves the
+        template's own."""
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if self.system_prompt:
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
     def encode(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
@@ -133,9 +139,19 @@ class ModelAdapter(ABC):
             return self.visual_tokens({k: v.to(device) for k, v in inputs.items()})
 
     # ----- answers --------------------------------------------------------------------------------
+    answer_tokens: ClassVar[tuple[str, ...]] = ()  # special tokens that are part of an answer's format
+
     def decode_answers(self, new_tokens: torch.Tensor) -> list[str]:
-        """Generated token ids [B, T] -> answer texts (special tokens dropped, whitespace stripped)."""
-        return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        """Generated token ids [B, T] -> answer texts, whitespace stripped. Special tokens are dropped (pad,
+        end of turn ...) except the family's `answer_tokens` (InternVL's `<ref>`/`<box>` are special tokens
+        in its tokenizer: dropping them would leave `dog[[...]]` for `<ref>dog</ref><box>[[...]]</box>`)."""
+        keep = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.content in self.answer_tokens}
+        if not keep:
+            return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        special = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        drop = (set(self.tokenizer.all_special_ids) | special) - keep
+        rows = [[int(i) for i in row if int(i) not in drop] for row in new_tokens]
+        return [a.strip() for a in self.tokenizer.batch_decode(rows, skip_special_tokens=False)]
 
     def box_choice_tokens(self, answer_ids: torch.Tensor) -> torch.Tensor:
         """Bool [A]: which tokens of a teacher-forced box answer carry a choice (the one rule, used by

@@ -18,18 +18,24 @@ from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box
 
 PAPER_MAX_TILES = 6  # §2.1: "we cap the number of local tiles at six"
 
-_INTERNVL_BOX = re.compile(r"<box>\s*\[\s*\[\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\s*("
-                           + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*\]\s*\]\s*</box>")
+_FOUR = (r"\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*")
+# what InternVL writes: `<ref>dog</ref><box>[[x0, y0, x1, y1]]</box>`, with or without the <ref> and <box>
+# tags, and sometimes single brackets; all on the 0-1000 scale
+_INTERNVL_BOX = re.compile(r"\[\s*\[" + _FOUR + r"\]\s*\]")
+_INTERNVL_SINGLE = re.compile(r"\[" + _FOUR + r"\]")
 
 
 def parse_internvl_box(text: str) -> tuple[float, float, float, float] | None:
-    """InternVL's `<box>[[x0, y0, x1, y1]]</box>` on the 0-1000 scale, returned in [0, 1]."""
-    return first_box(_INTERNVL_BOX, text, 1000.0)
+    """InternVL's `<box>[[x0, y0, x1, y1]]</box>` on the 0-1000 scale, returned in [0, 1]: the first
+    double-bracketed box (tags or not), else the first single-bracketed one."""
+    return first_box(_INTERNVL_BOX, text, 1000.0) or (None if _INTERNVL_BOX.search(text)
+                                                        else first_box(_INTERNVL_SINGLE, text, 1000.0))
 
 
 class InternVLAdapter(ModelAdapter):
     family = "internvl"
     answer_separator = ""  # the answer follows "<|im_start|>assistant\n" directly
+    answer_tokens = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>")
 
     @property
     def tile_size(self) -> int:
