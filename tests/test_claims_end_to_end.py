@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from mechanisms.organisms.tiny_llava import save_untrained
 
@@ -228,18 +229,18 @@ def test_a_killed_run_resumes_without_recomputing_and_reports_the_same(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, env=claims_env(run), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not list(cache.rglob("*.pkl")):
+    while time.time() < deadline and proc.poll() is None and not list(cache.rglob("*.entry")):
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pkl")}
+    finished = {p: p.stat().st_mtime_ns for p in cache.rglob("*.entry")}
     assert finished and not (run / "reports" / "tiny_llava" / "report.json").exists()
 
     resumed = subprocess.run(cmd, cwd=REPO, env=claims_env(run), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == reference.returncode, resumed.stdout[-3000:]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not recomputed
-    assert len(list(cache.rglob("*.pkl"))) > len(finished)  # the rest was computed after the restart
+    assert len(list(cache.rglob("*.entry"))) > len(finished)  # the rest was computed after the restart
     assert load_report(run / "reports", "tiny_llava")["claims"] == load_report(reference_dir, "tiny_llava")["claims"]
 
 
@@ -248,10 +249,31 @@ def test_a_truncated_cache_entry_is_recomputed_without_error(tmp_path):
 
     cache = ResultCache(tmp_path, "model")
     assert cache.get_or_compute(("k", 1), lambda: [1, 2, 3]) == [1, 2, 3]
-    (entry,) = list(tmp_path.rglob("*.pkl"))
+    (entry,) = list(tmp_path.rglob("*.entry"))
     entry.write_bytes(entry.read_bytes()[:-5])
     fresh = ResultCache(tmp_path, "model")
     assert fresh.get(("k", 1)) is MISSING and fresh.recovered == 1
     assert fresh.get_or_compute(("k", 1), lambda: [1, 2, 3]) == [1, 2, 3]
     assert ResultCache(tmp_path, "model").get(("k", 1)) == [1, 2, 3]
     assert ResultCache(tmp_path, "other-model").get(("k", 1)) is MISSING
+
+
+def test_a_dataset_with_no_usable_object_stops_the_run_with_one_line(tmp_path):
+    """The front door: a --dataset whose only annotation is malformed, or whose annotation file is not JSON,
+    stops before any claim with one line (exit 4, no traceback, no report)."""
+    folder = tmp_path / "bad"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "images" / "a.png")
+    instances = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}],
+                 "categories": [{"id": 1, "name": "dog"}]}
+    (folder / "instances.json").write_text(json.dumps(instances))
+    proc, reports = run_claims("claims", "-m", "tiny_llava", "--dataset", str(folder), tmp_path=tmp_path)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "0 usable objects" in line]
+    assert len(lines) == 1 and "skipped: annotation missing a required key 1" in lines[0]
+    assert "Traceback" not in proc.stderr and not (reports / "tiny_llava").exists()
+    (folder / "instances.json").write_text("{not json")
+    proc, _ = run_claims("claims", "-m", "tiny_llava", "--dataset", str(folder), tmp_path=tmp_path / "again")
+    assert proc.returncode == 4 and "instances.json" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr

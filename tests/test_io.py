@@ -83,3 +83,35 @@ def test_atomic_write_json_indent_none_is_compact(tmp_path):
     atomic_write_json(path, {"a": [1, 2]}, indent=None)
     assert path.read_text() == '{"a": [1, 2]}\n'
     assert os.path.getsize(path) == len('{"a": [1, 2]}\n')
+
+
+def test_the_result_cache_never_runs_code_from_an_entry(tmp_path):
+    """Entries are JSON + npz (no pickle): a planted pickle that would run code is treated as damaged and
+    recomputed, and only registered dataclasses are rebuilt."""
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    from mechanisms.experiments.mediation import PairMediation
+    from mechanisms.storage import ResultCache, decode, encode
+
+    cache = ResultCache(tmp_path, "model")
+    cache.put(("k",), PairMediation(1.0, 2.0, np.arange(3.0)))
+    (entry,) = list(tmp_path.rglob("*.entry"))
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_Planted(str(marker)))
+    entry.write_bytes(payload + hashlib.sha256(payload).digest())  # a valid checksum: integrity is not safety
+    fresh = ResultCache(tmp_path, "model")
+    assert fresh.get_or_compute(("k",), lambda: "recomputed") == "recomputed"
+    assert not marker.exists() and fresh.recovered >= 1
+    value = decode(encode({1: (["a"], np.ones(2)), "x": None}))
+    assert value[1][0] == ["a"] and value["x"] is None
+
+
+class _Planted:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
+from mechanisms.storage import storable
 from mechanisms.experiments.prefix import progress, run_prefix
 from mechanisms.interventions.heads import patching_heads, recording_heads
 from mechanisms.models.sites import Head, all_heads
@@ -27,6 +28,7 @@ def perplexity(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor
     return nll[:, scored].mean(-1).exp()
 
 
+@storable
 @dataclass
 class PairMediation:
     """One (source, base) pair: perplexities and each head's patched perplexity [n_layers, n_query_heads]."""
@@ -78,6 +80,7 @@ def mediate_pair(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, ba
     return PairMediation(p_source, float(p[0]), p[1:].reshape(layout.n_layers, layout.n_query_heads))
 
 
+@storable
 @dataclass
 class Mediation:
     """Mean mediation fraction per head over the pairs kept; pairs excluded for too small a gap, counted."""

@@ -22,7 +22,7 @@ import torch
 
 from mechanisms.models import sites
 from mechanisms.models.adapters.base import NEUTRAL_QUESTION
-from mechanisms.storage import atomic_write_bytes, atomic_write_json
+from mechanisms.storage import atomic_write_bytes, atomic_write_json, storable
 
 # ----- extraction ------------------------------------------------------------------------------------
 
@@ -121,6 +121,7 @@ def extraction_root(cache_dir: Path, model_fingerprint: str, images_fingerprint:
 # ----- probes ----------------------------------------------------------------------------------------
 
 
+@storable
 @dataclass
 class ProbeResult:
     """Held-out accuracy of one stage's probes, overall and per grid position."""
@@ -224,6 +225,7 @@ def corner_mask(n_rows: int, n_cols: int) -> np.ndarray:
 # ----- the study the claims read ----------------------------------------------------------------------
 
 
+@storable
 @dataclass
 class ProbeStudy:
     """Probe results for every stage in model order, plus the shuffled-label control at the projector."""

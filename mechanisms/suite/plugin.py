@@ -210,7 +210,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: claims run on {profile.description}")
     config.stash[SESSION] = SuiteSession(_parse_model_paths(config.getoption("vlm_model_paths")))
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports, never a worker
+        _check_dataset(config)
         config.pluginmanager.register(ClaimReporter(config), "vlm-claim-reporter")
+
+
+def _check_dataset(config: pytest.Config) -> None:
+    """An explicit --dataset that cannot be read, or holds no usable object, stops the run before any claim
+    with one line (instead of every claim measuring n = 0)."""
+    spec = config.getoption("vlm_dataset")
+    if not spec:
+        return
+    from mechanisms.data import DatasetError, resolve_dataset
+
+    try:
+        dataset = resolve_dataset(spec)
+    except (DatasetError, OSError, ValueError) as err:
+        raise pytest.UsageError(f"--dataset {spec}: {err}") from None
+    if not dataset.samples:
+        skipped = "; ".join(f"{reason} {count}" for reason, count in sorted(dataset.skipped.items())) or "nothing"
+        raise pytest.UsageError(f"--dataset {spec}: 0 usable objects; skipped: {skipped}")
+    config.stash[SESSION].datasets[spec] = dataset
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
