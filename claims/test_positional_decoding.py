@@ -15,7 +15,9 @@ def _study(vlm, request, claim):
     settings = vlm.profile.claims["probing"]
     train = request.config.getoption("vlm_probe_train") or settings["train_images"]
     test = request.config.getoption("vlm_probe_test") or settings["test_images"]
-    study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed)
+    budget = request.config.getoption("vlm_probe_disk_budget")
+    study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed,
+                        None if budget is None else int(budget * 1e9))
     order = {s: i for i, s in enumerate(study.results)}
     rows = [{"order": order[s], "mode": s, "kind": sites.stage_of(s), "value": round(100 * r.accuracy, 2),
              "row_accuracy": round(100 * r.row_accuracy, 2), "col_accuracy": round(100 * r.col_accuracy, 2)}

@@ -82,3 +82,20 @@ def test_extraction_resumes_and_recomputes_only_damaged_chunks(adapter, tmp_path
     assert again.chunks("llm.02")[2].is_file()
     untouched = [p for p in files if p.name == "chunk-00000.npz"]
     assert all(p.stat().st_mtime_ns == files[p] for p in untouched)  # finished chunks were not recomputed
+
+
+def test_the_disk_check_estimates_the_extraction_and_stops_a_run_that_would_not_fit(adapter, tmp_path):
+    """The estimate (one image's states per view x every image's views) is within 10 % of what `extract`
+    writes (npz headers aside); a budget below it stops before anything is written; finished sets need none."""
+    from mechanisms.experiments.probing import ProbeDiskError, check_disk, estimate_extraction_bytes
+
+    loaders, _ = image_set("synthetic:5:6")
+    estimate, _ = estimate_extraction_bytes(adapter, loaders)
+    root = tmp_path / "states"
+    with pytest.raises(ProbeDiskError, match="positional probes would write"):
+        check_disk(adapter, [(loaders, root, 2)], budget_bytes=estimate // 2)
+    assert not any(root.rglob("*.npz"))
+    extract(adapter, loaders, root, chunk_images=2)
+    written = sum(p.stat().st_size for p in root.rglob("*.npz"))
+    assert abs(written - estimate) < 0.1 * written
+    check_disk(adapter, [(loaders, root, 2)], budget_bytes=0)  # nothing left to extract: nothing needed

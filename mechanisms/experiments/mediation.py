@@ -58,24 +58,24 @@ def mediate_pair(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, ba
     scored = spec.scored_tokens(adapter, targets).to(device)
 
     recorded: dict[int, torch.Tensor] = {}
+    kept = span.stop - span.start + 1  # logits only where answer tokens are predicted (the answer ends the input)
     with recording_heads(adapter, recorded):
-        source_logits = adapter.model(**source_inputs).logits
-    p_source = float(perplexity(source_logits[:, span.start - 1: span.stop - 1], targets, scored)[0])
+        source_logits = adapter.model(**source_inputs, logits_to_keep=kept).logits
+    p_source = float(perplexity(source_logits[:, :-1], targets, scored)[0])
 
     prefix = run_prefix(adapter, base_inputs)
     suffix = prefix.inputs["input_ids"][:, prefix.end:]
     mask = prefix.inputs["attention_mask"]
     source_suffix = {layer: z[:, prefix.end:] for layer, z in recorded.items()}
     prompt_positions = slice(0, span.start - prefix.end)
-    answer_positions = slice(span.start - 1 - prefix.end, span.stop - 1 - prefix.end)
     variants: list[Head | None] = [None, *all_heads(layout.n_layers, layout.n_query_heads)]
     perplexities = []
     for start in range(0, len(variants), batch_size):
         chunk = variants[start:start + batch_size]
         with patching_heads(adapter, chunk, source_suffix, prompt_positions):
             logits = adapter.model(input_ids=suffix.expand(len(chunk), -1), attention_mask=mask.expand(len(chunk), -1),
-                                   cache=prefix.cache_for(len(chunk))).logits
-        perplexities.append(perplexity(logits[:, answer_positions], targets, scored))
+                                   cache=prefix.cache_for(len(chunk)), logits_to_keep=kept).logits
+        perplexities.append(perplexity(logits[:, :-1], targets, scored))
     p = torch.cat(perplexities).cpu().numpy()
     return PairMediation(p_source, float(p[0]), p[1:].reshape(layout.n_layers, layout.n_query_heads))
 

@@ -53,7 +53,7 @@ def stage_states(adapter, images: list) -> dict[str, tuple[np.ndarray, ...]]:
         for view_states, owner in zip(states, view_owner):  # one entry per view fed to the tower
             add(sites.vision_layer(layer), view_states, v_rows, v_cols, owner)
     features = adapter.visual_tokens(inputs)
-    lm = adapter.model(**inputs, output_hidden_states=True).hidden_states
+    lm = adapter.model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states  # states, not logits
     positions = adapter.image_token_mask(inputs["input_ids"])
     for i, image in enumerate(images):
         rows, cols = _token_labels(adapter.views(*image.size))
@@ -246,19 +246,67 @@ def _grid_of(extraction: Extraction, stage: str) -> tuple[int, int]:
     return int(data["rows"].max()) + 1, int(data["cols"].max()) + 1
 
 
-def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images: int, seed: int) -> ProbeStudy:
-    """Extract (cached on disk, resumable) and probe every stage; memoized per worker."""
+class ProbeDiskError(RuntimeError):
+    """The probe extraction would not fit the disk budget; the message says what it needs and what to change."""
+
+
+def estimate_extraction_bytes(adapter, loaders: list) -> tuple[int, int]:
+    """(estimated bytes of every stage's states for all images, bytes per view) from one image's extraction
+    and every image's number of views (fp16 states, int16 labels)."""
+    first = loaders[0]()
+    states = stage_states(adapter, [first])
+    per_view = sum(x.nbytes + rows.size * 2 + cols.size * 2 + image.size * 4  # as `extract` stores them
+                   for x, rows, cols, image in states.values()) / len(adapter.views(*first.size))
+    views = sum(len(adapter.views(*load().size)) for load in loaders)
+    return int(per_view * views), int(per_view)
+
+
+def check_disk(adapter, sets: list[tuple[list, Path, int]], budget_bytes: int | None) -> None:
+    """Before extracting anything: the chunks still missing must fit the budget (default: the free space of
+    the cache's disk), else ProbeDiskError."""
+    import shutil
+
+    needed, per_view, images = 0, 0, 0
+    for loaders, root, chunk_images in sets:
+        n_chunks = (len(loaders) + chunk_images - 1) // chunk_images
+        stages_file = root / "stages.json"
+        stages = json.loads(stages_file.read_text()) if stages_file.is_file() else None
+        done = 0 if stages is None else sum(all((root / s / f"chunk-{c:05d}.npz").is_file() for s in stages)
+                                            for c in range(n_chunks))
+        if done < n_chunks:
+            total, per_view = estimate_extraction_bytes(adapter, loaders)
+            needed += total * (n_chunks - done) // n_chunks
+            images += len(loaders)
+    if not needed:
+        return
+    root = sets[0][1]
+    root.mkdir(parents=True, exist_ok=True)
+    allowed = budget_bytes if budget_bytes is not None else shutil.disk_usage(root).free - (1 << 30)
+    if needed > allowed:
+        raise ProbeDiskError(
+            f"positional probes would write ~{needed / 1e9:.1f} GB of hidden states for {images} images "
+            f"({per_view / 1e6:.1f} MB per view, every stage, fp16) under {root.parent}, but "
+            f"{max(allowed, 0) / 1e9:.1f} GB are allowed: use fewer --probe-train/--probe-test images, a larger "
+            "--probe-disk-budget, or a --result-cache folder on a larger disk")
+
+
+def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images: int, seed: int,
+                disk_budget_bytes: int | None = None) -> ProbeStudy:
+    """Extract (cached on disk, resumable) and probe every stage; memoized per worker. The disk the
+    extraction needs is checked first (`check_disk`)."""
     from mechanisms.data import cache_root
     from mechanisms.data.image_sets import image_set
 
     key = ("probe-study", train_spec, test_spec, epochs, chunk_images, seed)
 
     def compute() -> ProbeStudy:
-        extractions = []
+        sets = []
         for spec in (train_spec, test_spec):
             loaders, fingerprint = image_set(spec)
-            root = extraction_root(cache_root(), vlm.fingerprint, f"{fingerprint}:{chunk_images}")
-            extractions.append(extract(vlm.adapter, loaders, root, chunk_images, progress=True))
+            sets.append((loaders, extraction_root(cache_root(), vlm.fingerprint, f"{fingerprint}:{chunk_images}"),
+                         chunk_images))
+        check_disk(vlm.adapter, sets, disk_budget_bytes)
+        extractions = [extract(vlm.adapter, loaders, root, chunk_images, progress=True) for loaders, root, _ in sets]
         train, test = extractions
         results = {}
         for stage in train.stages:

@@ -132,10 +132,17 @@ def render_markdown(report: dict) -> str:
     if model:
         lines.append(f"- **Model**: {model.get('profile')} ({model.get('family')}), checkpoint "
                      f"`{model.get('checkpoint')}`, fingerprint `{model.get('fingerprint')}`, {model.get('dtype')}")
+        if model.get("system_prompt"):
+            lines.append(f"- **System prompt**: {model['system_prompt']}")
+        if model.get("reference_images_note"):
+            lines.append(f"- **Mean embedding**: {model['reference_images_note']}")
     if dataset:
         lines.append(f"- **Dataset**: {dataset.get('name')} (fingerprint `{dataset.get('fingerprint')}`), "
                      f"{dataset.get('n_samples')} objects in {dataset.get('n_images')} images; "
                      f"skipped: {dataset.get('skipped') or 'none'}")
+        if dataset.get("control_criterion"):
+            lines.append(f"- **Control set**: pairs the model finds with the {dataset['control_criterion']} prompt on the "
+                         "original image and misses once the object is removed")
     lines.append(f"- **Seed**: {report['seed']}; packages: "
                  + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
     lines.append("- **Outcomes**: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))

@@ -78,6 +78,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="images to train positional probes on (default: the profile's synthetic set)")
     group.addoption("--probe-test", dest="vlm_probe_test", default=None, metavar="DIR",
                     help="held-out images to evaluate positional probes on")
+    group.addoption("--probe-disk-budget", dest="vlm_probe_disk_budget", type=float, default=None, metavar="GB",
+                    help="most disk the positional probes' hidden states may take (default: the free space left, "
+                         "minus 1 GB); a run that would need more stops before extracting")
     group.addoption("--result-cache", dest="vlm_result_cache", default=None, metavar="DIR",
                     help="where finished measurements are kept so a rerun resumes (default: .cache/results)")
     group.addoption("--no-result-cache", dest="vlm_no_result_cache", action="store_true",
@@ -184,6 +187,9 @@ class ClaimReporter:
             terminalreporter.write_sep("=", f"effect sizes: {profile}")
             for row in terminal_rows(report):
                 terminalreporter.write_line(row)
+            note = (report.get("model") or {}).get("reference_images_note")
+            if note:
+                terminalreporter.write_line(f"note: {note}")
             terminalreporter.write_line(f"report: {Path(self.config.getoption('vlm_report_dir')) / profile / 'REPORT.md'}")
 
 
