@@ -3,8 +3,10 @@
     python -m mechanisms.reports.compare REFERENCE/report.json CANDIDATE/report.json [--out diff.md]
     python -m mechanisms.reports.compare --merge shard1/report.json shard2/report.json ... --report-dir reports
 
-A regression is a claim that passed in the reference and does not pass in the candidate (failed, error,
-or missing). Effect sizes "moved" when the two 95% intervals do not overlap. Exit status: 1 when there is
+Claims are compared by verdict (holds / does not hold / inconclusive). A regression is a claim that held
+in the reference and does not hold in the candidate (or errored, or is missing); one that held and is now
+inconclusive is "lost evidence" (too few samples to tell: reported apart, not a regression); inconclusive
+on both sides is no change. Effect sizes "moved" when the two 95% intervals do not overlap. Exit status: 1 when there is
 a regression, else 0, so the command can gate CI.
 """
 
@@ -22,6 +24,7 @@ from mechanisms.storage import atomic_write_text
 @dataclass
 class Comparison:
     regressions: list[str] = field(default_factory=list)
+    lost_evidence: list[str] = field(default_factory=list)
     improvements: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     unchanged: int = 0
@@ -37,7 +40,9 @@ class Comparison:
 
         lines = ["# Claims comparison", "", f"- reference: {who(reference)}", f"- candidate: {who(candidate)}",
                  f"- verdict: {'REGRESSION' if self.regressed else 'no regression'}", ""]
-        for title, items in (("Regressions (passed before, not now)", self.regressions),
+        for title, items in (("Regressions (held before, does not hold now)", self.regressions),
+                             ("Lost evidence (held before, inconclusive now: too few samples to tell)",
+                              self.lost_evidence),
                              ("Improvements (now passing)", self.improvements),
                              ("Effect sizes that moved beyond their intervals", self.moved)):
             lines += [f"## {title}: {len(items)}", ""] + [f"- {item}" for item in items] + [""]
@@ -49,18 +54,33 @@ def _claims(report: dict) -> dict[str, dict]:
     return {entry["nodeid"]: entry for entry in report["claims"]}
 
 
+def verdict_of(entry: dict | None) -> str:
+    """holds / does not hold / inconclusive, or what else happened (error, skipped, missing); reports written
+    before verdicts existed map passed -> holds, failed -> does not hold."""
+    if entry is None:
+        return "missing"
+    if entry.get("verdict") and entry["outcome"] not in ("error", "skipped"):
+        return entry["verdict"]
+    return {"passed": "holds", "failed": "does not hold"}.get(entry["outcome"], entry["outcome"])
+
+
 def compare_reports(reference: dict, candidate: dict) -> Comparison:
     result = Comparison()
     ref_claims, new_claims = _claims(reference), _claims(candidate)
     for nodeid, before in sorted(ref_claims.items()):
         after = new_claims.get(nodeid)
-        outcome = after["outcome"] if after else "missing"
-        if before["outcome"] == "passed" and outcome != "passed":
+        was, now = verdict_of(before), verdict_of(after)
+        if was == "holds" and now == "inconclusive":
+            needed = [e.get("samples_to_decide") for e in after.get("expectations", []) if e.get("verdict") == now]
+            result.lost_evidence.append(f"`{nodeid}`: holds -> inconclusive"
+                                        + (f" (~{max(n for n in needed if n)} samples would decide it)"
+                                           if any(needed) else ""))
+        elif was == "holds" and now != "holds":
             failed = [e for e in (after or {}).get("expectations", []) if not e["passed"]]
-            why = "; ".join(f"{e['statement']} (margin {e['margin']:+.3f})" for e in failed) or outcome
-            result.regressions.append(f"`{nodeid}`: passed -> {outcome}: {why}")
-        elif before["outcome"] != "passed" and outcome == "passed":
-            result.improvements.append(f"`{nodeid}`: {before['outcome']} -> passed")
+            why = "; ".join(f"{e['statement']} (margin {e['margin']:+.3f})" for e in failed) or now
+            result.regressions.append(f"`{nodeid}`: holds -> {now}: {why}")
+        elif was != "holds" and now == "holds":
+            result.improvements.append(f"`{nodeid}`: {was} -> holds")
         if not after:
             continue
         new_measurements = {m["name"]: m for m in after["measurements"]}

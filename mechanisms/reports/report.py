@@ -167,6 +167,9 @@ def render_markdown(report: dict) -> str:
             lines += [""] + ["> " + line for line in entry["finding"].splitlines()]
         if entry.get("reason"):
             lines += ["", f"**Reason**: {entry['reason']}"]
+        if entry.get("outcome") == "inconclusive" and entry.get("sampling"):
+            s = entry["sampling"]
+            lines += ["", f"**Sampling**: {s['used']} of {s['available']} available objects, capped by {s['capped_by']}"]
         if entry["measurements"]:
             lines += ["", "| measurement | value | 95% CI | n | paper |", "|---|---|---|---|---|"]
             for m in entry["measurements"]:
@@ -176,9 +179,13 @@ def render_markdown(report: dict) -> str:
         if entry["expectations"]:
             lines += ["", "Expectations (checked on interval bounds):", ""]
             for e in entry["expectations"]:
-                mark = "✓" if e["passed"] else "✗"
+                verdict = e.get("verdict", "holds" if e["passed"] else "does not hold")
+                mark = {"holds": "✓", "does not hold": "✗", "inconclusive": "?"}[verdict]
+                needed = (f"; ~{e['samples_to_decide']} samples would decide it"
+                          if e.get("samples_to_decide") else "")
                 lines.append(f"- {mark} {e['statement']}: {e['measurement']}.{e['bound']} = {_fmt(e['observed'], 4)} "
-                             f"{e['comparison']} {_fmt(e['threshold'], 4)} (margin {e['margin']:+.4f})")
+                             f"{e['comparison']} {_fmt(e['threshold'], 4)} (margin {e['margin']:+.4f}): "
+                             f"{verdict}{needed}")
         for note in entry.get("notes", []):
             for key, value in note.items():
                 if isinstance(value, list):

@@ -90,6 +90,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--system-prompt", dest="vlm_system_prompt", default=None, metavar="TEXT",
                     help="the {System} text of every prompt (default: the profile's, as the model was trained; "
                          "'' for none)")
+    group.addoption("--inconclusive", dest="vlm_inconclusive", default="fail", choices=["fail", "pass", "skip"],
+                    help="what a claim whose intervals straddle a threshold (too few samples to tell) counts as "
+                         "for the exit status (default: fail; the report says 'inconclusive' in every mode)")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 
@@ -153,6 +156,12 @@ class ClaimReporter:
             entry["tables"] = [v for k, v in report.user_properties if k == rec.TABLE]
             contexts = [v for k, v in report.user_properties if k == rec.CONTEXT]
             entry["context"] = contexts[-1] if contexts else None
+            verdicts = [v for k, v in report.user_properties if k == rec.VERDICT]
+            sampling = [v for k, v in report.user_properties if k == rec.SAMPLING]
+            if verdicts:
+                entry["verdict"] = verdicts[-1]
+            if sampling:
+                entry["sampling"] = sampling[-1]
             if report.skipped:
                 entry["outcome"] = "skipped"
                 entry["reason"] = _skip_reason(report)
@@ -161,6 +170,9 @@ class ClaimReporter:
                 entry["reason"] = _failure_reason(report)
             else:
                 entry["outcome"] = "passed"
+            if entry.get("verdict") == rec.INCONCLUSIVE:  # whatever --inconclusive made of it for the exit status
+                entry["outcome"] = "inconclusive"
+                entry.setdefault("reason", "inconclusive: an interval straddles its threshold (counted as a pass)")
             entry["duration_s"] = round(report.duration, 3)
 
     def pytest_sessionfinish(self) -> None:
@@ -307,10 +319,28 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     recorder = pyfuncitem.funcargs.get("claim")
     if isinstance(recorder, rec.ClaimRecorder):
         pyfuncitem.config.stash[SESSION].claims_run += 1
+        verdict = recorder.verdict() if recorder.expectations else rec.DOES_NOT_HOLD
+        pyfuncitem.user_properties.append((rec.VERDICT, verdict))
+        if recorder.sampling:
+            pyfuncitem.user_properties.append((rec.SAMPLING, recorder.sampling))
         message = recorder.failure_message()
+        if message and verdict == rec.INCONCLUSIVE:
+            mode = pyfuncitem.config.getoption("vlm_inconclusive")
+            if mode == "skip":
+                pytest.skip(message)
+            if mode == "pass":
+                return result
         if message:
             raise AssertionError(message)
     return result
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    """An inconclusive claim is its own category (as rerunfailures adds "rerun"): "I" in the progress line,
+    "N inconclusive" in the summary. It still fails the run unless --inconclusive=pass|skip."""
+    if report.when == "call" and (rec.VERDICT, rec.INCONCLUSIVE) in report.user_properties:
+        return "inconclusive", "I", ("INCONCLUSIVE", {"yellow": True})
+    return None
 
 
 # ----- fixtures ------------------------------------------------------------------------------------

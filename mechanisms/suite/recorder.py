@@ -22,35 +22,87 @@ CONTEXT = "vlm_context"
 CLAIM = "vlm_claim"
 PROFILE = "vlm_profile"
 TABLE = "vlm_table"
+VERDICT = "vlm_verdict"
+SAMPLING = "vlm_sampling"
+
+
+HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+OPPOSITE = {"ci_low": "ci_high", "ci_high": "ci_low", "value": "value"}
 
 
 @dataclass(frozen=True)
 class Expectation:
+    """One checked statement. Three verdicts, by where the whole interval lies against the threshold:
+    *holds* (the deciding bound is beyond it), *does not hold* (even the other bound is on the wrong side,
+    or nothing was measurable), *inconclusive* (the interval straddles it: too few samples to tell)."""
+
     statement: str
     measurement: str
-    bound: str  # which number was compared: "ci_low", "ci_high" or "value"
+    bound: str  # which number must clear the threshold: "ci_low", "ci_high" or "value"
     observed: float
     comparison: str  # ">=" or "<="
     threshold: float
+    opposite: float = math.nan  # the interval's other end (what must be on the wrong side to say "does not hold")
+    value: float = math.nan  # the point estimate
+    n: int = 0
+
+    def _beyond(self, x: float) -> bool:
+        return x >= self.threshold if self.comparison == ">=" else x <= self.threshold
 
     @property
     def margin(self) -> float:
-        """How far the observed bound is on the passing side of the threshold (negative: failed by)."""
+        """How far the deciding bound is on the passing side of the threshold (negative: failed by)."""
         return self.observed - self.threshold if self.comparison == ">=" else self.threshold - self.observed
 
     @property
+    def verdict(self) -> str:
+        if math.isnan(self.observed):
+            return DOES_NOT_HOLD
+        if self._beyond(self.observed):
+            return HOLDS
+        if math.isnan(self.opposite) or not self._beyond(self.opposite):
+            return DOES_NOT_HOLD
+        return INCONCLUSIVE
+
+    @property
     def passed(self) -> bool:
-        return not math.isnan(self.observed) and self.margin >= 0
+        return self.verdict == HOLDS
+
+    def samples_to_decide(self) -> int | None:
+        """For an inconclusive expectation: about how many samples would put the interval clear of the
+        threshold at the observed effect and spread (interval half-width ~ 1/sqrt(n)); None otherwise."""
+        if self.verdict != INCONCLUSIVE or not self.n or math.isnan(self.value) or self.value == self.threshold:
+            return None
+        edge = self.observed if self._beyond(self.value) else self.opposite  # the bound that must move across
+        half_width, distance = abs(self.value - edge), abs(self.value - self.threshold)
+        return int(math.ceil(self.n * (half_width / distance) ** 2))
 
     def to_dict(self) -> dict:
-        return {"statement": self.statement, "measurement": self.measurement, "bound": self.bound,
+        data = {"statement": self.statement, "measurement": self.measurement, "bound": self.bound,
                 "observed": self.observed, "comparison": self.comparison, "threshold": self.threshold,
-                "margin": self.margin, "passed": self.passed}
+                "margin": self.margin, "passed": self.passed, "verdict": self.verdict}
+        if self.verdict == INCONCLUSIVE:
+            data["samples_to_decide"] = self.samples_to_decide()
+        return data
 
     def describe(self) -> str:
-        verdict = "holds" if self.passed else "FAILS"
-        return (f"{self.statement}: {self.measurement}.{self.bound} = {self.observed:.4f} {self.comparison} "
+        verdict = {HOLDS: "holds", DOES_NOT_HOLD: "DOES NOT HOLD", INCONCLUSIVE: "INCONCLUSIVE"}[self.verdict]
+        text = (f"{self.statement}: {self.measurement}.{self.bound} = {self.observed:.4f} {self.comparison} "
                 f"{self.threshold:.4f} {verdict} (margin {self.margin:+.4f})")
+        if self.verdict == INCONCLUSIVE:
+            needed = self.samples_to_decide()
+            text += (f"; the interval [{min(self.observed, self.opposite):.4f}, {max(self.observed, self.opposite):.4f}] "
+                     f"straddles the threshold at n = {self.n}"
+                     + (f", ~{needed} samples would decide it" if needed else ""))
+        return text
+
+
+def worst_verdict(verdicts) -> str:
+    """A claim's verdict: any "does not hold" -> does not hold; else any inconclusive -> inconclusive."""
+    verdicts = list(verdicts)
+    if DOES_NOT_HOLD in verdicts or not verdicts:
+        return DOES_NOT_HOLD
+    return INCONCLUSIVE if INCONCLUSIVE in verdicts else HOLDS
 
 
 class ClaimRecorder:
@@ -62,6 +114,7 @@ class ClaimRecorder:
         self.max_samples = max_samples
         self.measurements: dict[str, Measurement] = {}
         self.expectations: list[Expectation] = []
+        self.sampling: dict | None = None  # the last sample draw: how many were available and used, what capped it
 
     def samples(self, dataset, pool=None, limit: int | None = None):
         """The claim's samples: the dataset's (or `pool`'s), cut deterministically to --max-samples, or to
@@ -69,6 +122,10 @@ class ClaimRecorder:
         pool = dataset.samples if pool is None else pool
         bounds = [b for b in (self.max_samples, limit) if b is not None]
         n = min(bounds) if bounds else None
+        capped_by = None if n is None or n >= len(pool) else (
+            "--max-samples" if n == self.max_samples else "the profile's limit")
+        self.sampling = {"available": len(pool), "used": len(pool) if capped_by is None else n,
+                         "capped_by": capped_by or "the dataset"}
         if n is None or n >= len(pool):
             return list(pool)
         keep = np.sort(np.random.default_rng(self.seed).choice(len(pool), n, replace=False))
@@ -111,7 +168,8 @@ class ClaimRecorder:
     def _expect(self, measurement: Measurement, comparison: str, threshold: float, statement: str,
                 bound: str) -> Expectation:
         expectation = Expectation(statement, measurement.name, bound, float(getattr(measurement, bound)),
-                                  comparison, float(threshold))
+                                  comparison, float(threshold), float(getattr(measurement, OPPOSITE[bound])),
+                                  float(measurement.value), int(measurement.n))
         self.expectations.append(expectation)
         self._props.append((EXPECTATION, expectation.to_dict()))
         return expectation
@@ -125,10 +183,20 @@ class ClaimRecorder:
                        bound: str = "ci_high") -> Expectation:
         return self._expect(measurement, "<=", threshold, statement, bound)
 
+    def verdict(self) -> str:
+        return worst_verdict(e.verdict for e in self.expectations)
+
     def failure_message(self) -> str | None:
-        failed = [e for e in self.expectations if not e.passed]
+        """None when the claim holds; else what did not hold or could not be decided, by how much."""
         if not self.expectations:
             return "the claim recorded no expectation: a claim that checks nothing cannot fail"
-        if not failed:
+        verdict = self.verdict()
+        if verdict == HOLDS:
             return None
-        return "claim does not hold:\n" + "\n".join("  " + e.describe() for e in failed)
+        shown = [e for e in self.expectations if e.verdict != HOLDS]
+        head = "claim does not hold" if verdict == DOES_NOT_HOLD else "claim is inconclusive (not enough evidence)"
+        tail = ""
+        if verdict == INCONCLUSIVE and self.sampling:
+            tail = (f"\n  sampled {self.sampling['used']} of {self.sampling['available']} available, "
+                    f"capped by {self.sampling['capped_by']}")
+        return head + ":\n" + "\n".join("  " + e.describe() for e in shown) + tail
