@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import io
 import json
 import os
-import dataclasses
-import io
 import tempfile
 from collections.abc import Callable
 from functools import lru_cache

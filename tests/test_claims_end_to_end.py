@@ -277,3 +277,21 @@ def test_a_dataset_with_no_usable_object_stops_the_run_with_one_line(tmp_path):
     proc, _ = run_claims("claims", "-m", "tiny_llava", "--dataset", str(folder), tmp_path=tmp_path / "again")
     assert proc.returncode == 4 and "instances.json" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_a_quick_look_is_inconclusive_not_failed(tmp_path):
+    """The shipped model localizes above its floor on the full set (0.486 [0.464, 0.507] vs 0.40); at 40
+    objects the interval straddles the floor: the baseline claim is inconclusive, says how many objects would
+    decide it and that --max-samples capped the run, and fails the exit status unless --inconclusive=pass."""
+    proc, reports = run_claims("claims/test_baseline_competence.py", "-m", "tiny_llava", "--max-samples", "40",
+                               tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "1 inconclusive" in proc.stdout
+    (entry,) = load_report(reports, "tiny_llava")["claims"]
+    assert entry["outcome"] == "inconclusive" and entry["verdict"] == "inconclusive"
+    assert entry["sampling"] == {"available": 805, "used": 40, "capped_by": "--max-samples"}
+    straddling = [e for e in entry["expectations"] if e["verdict"] == "inconclusive"]
+    assert straddling and all(e["samples_to_decide"] > 40 for e in straddling)
+    passing, _ = run_claims("claims/test_baseline_competence.py", "-m", "tiny_llava", "--max-samples", "40",
+                            "--inconclusive", "pass", tmp_path=tmp_path / "pass")
+    assert passing.returncode == 0 and "1 inconclusive" in passing.stdout

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
-from mechanisms.storage import storable
 from mechanisms.experiments.prefix import progress, run_prefix
 from mechanisms.interventions.heads import patching_heads, recording_heads
 from mechanisms.models.sites import Head, all_heads
+from mechanisms.storage import storable
 from mechanisms.tasks.specs import TaskSpec
 
 
