@@ -93,7 +93,8 @@ class Expectation:
             needed = self.samples_to_decide()
             text += (f"; the interval [{min(self.observed, self.opposite):.4f}, {max(self.observed, self.opposite):.4f}] "
                      f"straddles the threshold at n = {self.n}"
-                     + (f", ~{needed} samples would decide it" if needed else ""))
+                     + (f", ~{needed} samples would decide it (at this estimate: "
+                        f"{HOLDS if self._beyond(self.value) else DOES_NOT_HOLD})" if needed else ""))
         return text
 
 
