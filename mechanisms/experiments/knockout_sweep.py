@@ -11,12 +11,13 @@ import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
 from mechanisms.experiments.prefix import progress, run_prefix
+from mechanisms.interventions import conditions
 from mechanisms.interventions.knockout import knocking_out, spec_per_layer_set
 from mechanisms.interventions.selection import object_tokens
 from mechanisms.models import sites
 from mechanisms.tasks.specs import TaskSpec
 
-BASELINE = "baseline"  # the answers with nothing knocked out
+BASELINE = conditions.BASELINE.name  # the answers with nothing knocked out: the one name for the unmodified model
 
 
 def consecutive_groups(n_layers: int, size: int) -> dict[str, set[int]]:
