@@ -3,7 +3,8 @@
 Models that see an image through several views (InternVL: high-resolution local tiles plus a global
 thumbnail) get the object's tokens ablated in the global view only, in the local views only, and in both,
 with -1, 0 and +1 rings of padding. Models with a single view per image skip these claims: they have no
-local pathway to compare.
+local pathway to compare. Each claim is a test (measure) and a rule of the same name without `test_`
+(decide); `tests/test_paper_tables.py` runs the rules on the paper's own numbers (Table 3).
 """
 
 import numpy as np
@@ -44,8 +45,11 @@ def test_removing_global_view_object_tokens_hurts_localization_more_than_local(v
 
     Paper: §3.1.2, Table 3 (InternVL: -36.4 points global vs -9.7 local)
     """
-    profile = vlm.profile
     effects = _view_effects(vlm, dataset, claim)
+    removing_global_view_object_tokens_hurts_localization_more_than_local(claim, vlm.profile, effects)
+
+
+def removing_global_view_object_tokens_hurts_localization_more_than_local(claim, profile, effects):
     for task in TASKS:
         paper_base = profile.paper_value(*BASELINE.paper, task)
         claim.measure(f"{task}_baseline", effects.of(task, BASELINE), paper=paper_base)
@@ -70,8 +74,10 @@ def test_ablating_both_views_hurts_more_than_either_view_alone(vlm, dataset, cla
     Measured per task as drop(both) - max(drop(global only), drop(local only)), bootstrapped over objects.
     Paper: §3.1.2, Tables 1 and 3
     """
-    profile = vlm.profile
-    effects = _view_effects(vlm, dataset, claim)
+    ablating_both_views_hurts_more_than_either_view_alone(claim, vlm.profile, _view_effects(vlm, dataset, claim))
+
+
+def ablating_both_views_hurts_more_than_either_view_alone(claim, profile, effects):
     for task in TASKS:
         arrays = [effects.drop(task, _ablated(v)) for v in ("both", "global", "local")]
         paper = _paper_drops(profile, task)
@@ -91,8 +97,10 @@ def test_the_two_views_are_synergistic_not_redundant(vlm, dataset, claim):
     Measured per task as the interaction drop(both) - drop(global only) - drop(local only), per object.
     Paper: §3.1.2 (InternVL localization: 61.4 vs 36.4 + 9.7; classification: 50.0 vs 9.5 + 6.6)
     """
-    profile = vlm.profile
-    effects = _view_effects(vlm, dataset, claim)
+    the_two_views_are_synergistic_not_redundant(claim, vlm.profile, _view_effects(vlm, dataset, claim))
+
+
+def the_two_views_are_synergistic_not_redundant(claim, profile, effects):
     for task in TASKS:
         interaction = (effects.drop(task, _ablated("both")) - effects.drop(task, _ablated("global"))
                        - effects.drop(task, _ablated("local")))

@@ -19,11 +19,14 @@ def test_binary_prompt_hallucinates_more_than_list_prompt(vlm, dataset, claim):
     samples = claim.samples(dataset, pool=pairs)
     binary = vlm.ask(BINARY, dataset, samples, counterfactual=True)
     listed = vlm.ask(LIST, dataset, samples, counterfactual=True)
-
-    claim.measure("binary_fpr", binary.detected, paper=vlm.profile.paper_value("hallucination", "binary_fpr"))
-    claim.measure("list_fpr", listed.detected, paper=vlm.profile.paper_value("hallucination", "list_fpr"))
-    gap = claim.difference("binary_minus_list_fpr", binary.detected, listed.detected)
     claim.note("binary answers neither yes nor no (counted as not detected)", binary.unparsed)
+    binary_prompt_hallucinates_more_than_list_prompt(claim, vlm.profile, binary.detected, listed.detected)
 
-    claim.expect_at_least(gap, vlm.profile.threshold("hallucination", "min_difference"),
+
+def binary_prompt_hallucinates_more_than_list_prompt(claim, profile, binary_detected, list_detected):
+    """The rule, on per-pair detections (also run on the paper's own numbers by `tests/test_paper_tables.py`)."""
+    claim.measure("binary_fpr", binary_detected, paper=profile.paper_value("hallucination", "binary_fpr"))
+    claim.measure("list_fpr", list_detected, paper=profile.paper_value("hallucination", "list_fpr"))
+    gap = claim.difference("binary_minus_list_fpr", binary_detected, list_detected)
+    claim.expect_at_least(gap, profile.threshold("hallucination", "min_difference"),
                           "the binary prompt hallucinates more than the list prompt")

@@ -2,13 +2,15 @@
 
 Integrated Gradients (captum) ranks the image tokens by attribution magnitude toward the correct answer
 (the box's coordinate tokens for localization, the class name for classification); ablating its top-k
-is compared with ablating k random tokens, repeated over the profile's seeds.
+is compared with ablating k random tokens, repeated over the profile's seeds. The claim is a test
+(measure) and a rule of the same name without `test_` (decide), which `tests/test_paper_tables.py` runs
+on the paper's own numbers.
 """
 
 from mechanisms.experiments.attribution import integrated_gradients
 from mechanisms.experiments.token_effects import Effects, ablation_row, measure_effects
 from mechanisms.interventions.conditions import BASELINE, random_ablation, top_k_ablation
-from mechanisms.tasks.specs import BOX, LIST
+from mechanisms.tasks.specs import BOX, LIST, TASKS
 
 
 def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(vlm, dataset, claim):
@@ -30,9 +32,19 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
                                                                *[c for cs in randoms.values() for c in cs]],
                                        specs=(spec,)))
 
+    gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(claim, profile, effects, top, randoms,
+                                                                               seeds)
+    claim.note("IG target", "log-prob of the GT box's choice-carrying digit tokens (localization) / of the class "
+                            "name after the list prompt (classification); baseline = mean visual embedding; "
+                            f"{settings['steps']} steps")
+
+
+def gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(claim, profile, effects, top, randoms,
+                                                                               seeds):
+    """`top[task][k]`: the task's own top-k IG ablation; `randoms[k]`: k random tokens, one per seed."""
+    settings = profile.claims["integrated_gradients"]
     k = settings["compare_k"]
-    for spec in (BOX, LIST):
-        task = spec.task
+    for task in TASKS:
         claim.measure(f"{task}_baseline", effects.of(task, BASELINE))
         claim.measure(f"{task}_ig_top{k}", effects.of(task, top[task][k]),
                       paper=profile.paper_value(*top[task][k].paper, task))
@@ -41,7 +53,7 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
                       seed_std=effects.seed_std(task, randoms[k]), random_seeds=seeds)
         excess = claim.difference(f"{task}_excess_drop_ig_vs_random_k{k}", effects.drop(task, top[task][k]),
                                   effects.drop(task, randoms[k]))
-        if spec is BOX:
+        if task == "localization":
             claim.expect_at_least(excess, settings["min_excess_drop_localization"],
                                   f"the top-{k} IG tokens hurt localization more than {k} random tokens")
 
@@ -50,6 +62,3 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
              for i, k in enumerate(settings["k"])]
     rows += [ablation_row(20 + i, effects, randoms[k], profile, k=k) for i, k in enumerate(settings["random_k"])]
     claim.table("table1", rows, title="Table 1: accuracy after token ablation (%)")
-    claim.note("IG target", "log-prob of the GT box's choice-carrying digit tokens (localization) / of the class "
-                            "name after the list prompt (classification); baseline = mean visual embedding; "
-                            f"{settings['steps']} steps")

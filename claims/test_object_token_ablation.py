@@ -2,6 +2,8 @@
 
 Ablation replaces visual tokens at the LM input with the global mean visual embedding. The control for
 "these tokens matter" is ablating as many tokens drawn at random, per object, over the profile's seeds.
+Each claim is a test (measure) and a rule of the same name without `test_` (decide on per-object
+outcomes); `tests/test_paper_tables.py` runs the rules on the paper's own numbers.
 """
 
 from mechanisms.experiments.token_effects import Effects, ablation_row, expect_competence, measure_effects
@@ -30,8 +32,12 @@ def test_ablating_object_tokens_hurts_far_more_than_ablating_as_many_random_toke
     overlap >= 1 pixel); the excess drop is paired per object and averaged over the random seeds.
     Paper: §3.1, Table 1 (Object vs Random rows)
     """
-    profile, limits = vlm.profile, vlm.profile.claims["object_ablation"]
     effects, randoms = _object_vs_random(vlm, dataset, claim)
+    ablating_object_tokens_hurts_far_more_than_ablating_as_many_random_tokens(claim, vlm.profile, effects, randoms)
+
+
+def ablating_object_tokens_hurts_far_more_than_ablating_as_many_random_tokens(claim, profile, effects, randoms):
+    limits = profile.claims["object_ablation"]
     for task in TASKS:
         claim.measure(f"{task}_baseline", effects.of(task, BASELINE), paper=_paper(profile, BASELINE, task))
         claim.measure(f"{task}_object_ablated", effects.of(task, OBJECT), paper=_paper(profile, OBJECT, task))
@@ -57,8 +63,11 @@ def test_localization_suffers_more_than_classification_from_object_ablation(vlm,
     of localization but 38.7 of 58.1 of classification). The gap is bootstrapped over objects.
     Paper: §3.1, Table 1 (Object row)
     """
-    profile = vlm.profile
     effects, _ = _object_vs_random(vlm, dataset, claim)
+    localization_suffers_more_than_classification_from_object_ablation(claim, vlm.profile, effects)
+
+
+def localization_suffers_more_than_classification_from_object_ablation(claim, profile, effects):
     paper_share = {task: _paper_share_lost(profile, task) for task in TASKS}
     arrays = []
     for task in TASKS:

@@ -137,7 +137,11 @@ def test_parse_yes_no(text, expected):
     ("A RED Circle.", "red circle", True),
     ("red circle", "Red Circle", True),
     ("(red circle)", "red circle", True),
-    ("two red circles", "red circle", False),   # plural: the name must end at a non-letter
+    ("two red circles", "red circle", True),    # a plural names the class ("appears anywhere")
+    ("a red circlet", "red circle", False),     # other letters after the name do not
+    ("some buses", "bus", True),
+    ("three people", "person", True),
+    ("two knives and a fork", "knife", True),
     ("a bred circle", "red circle", False),
     ("category", "cat", False),
     ("a cat.", "cat", True),
@@ -159,7 +163,21 @@ def test_mentions_property(name, other, left, right):
     assert mentions(other + left + name.upper() + right, name)
     assert mentions(name + right, name.upper())
     assert not mentions(other + name + right, name)  # letters directly before
-    assert not mentions(left + name + other, name)   # letters directly after
+    if other not in ("s", "es"):  # a plural suffix names the class; any other letters glued after do not
+        assert not mentions(left + name + other, name)
+
+
+@pytest.mark.parametrize("text, name, expected", [
+    ("a hot dog on a plate", "dog", False),
+    ("a hot dog and a dog", "dog", True),
+    ("hot dogs", "dog", False),
+    ("a teddy bear", "bear", False),
+    ("a teddy bear", "teddy bear", True),
+    ("a bear", "bear", True),
+])
+def test_a_class_inside_a_longer_category_name_is_not_named(text, name, expected):
+    """COCO has "dog" and "hot dog", "bear" and "teddy bear": the longer name does not name the shorter."""
+    assert mentions(text, name, vocabulary=["dog", "hot dog", "bear", "teddy bear", "person"]) is expected
 
 
 # ----- LlavaAdapter.format_box / parse_box -------------------------------------------------------------

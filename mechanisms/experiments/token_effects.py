@@ -61,7 +61,8 @@ def measure_effects(vlm, dataset, samples, conditions: list[Condition],
     for spec in specs:
         asked = vlm.ask_under(spec, dataset, samples, [BASELINE, *conditions])
         for condition, answers in asked.items():
-            effects.scores[spec.task][condition] = spec.score(vlm.adapter, answers.texts, samples).outcomes()
+            effects.scores[spec.task][condition] = spec.score(vlm.adapter, answers.texts, samples,
+                                                                       categories=dataset.categories).outcomes()
             effects.token_share[condition] = answers.token_share
     return effects
 

@@ -82,6 +82,8 @@ def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
         claims = {section: dict(values) for section, values in shared.items()}
         for section, values in data.get("claims", {}).items():
             claims.setdefault(section, {}).update(values)
+        for values in claims.values():  # "all" (TOML has no null): no cap on a sample count
+            values.update({key: None for key, value in values.items() if value == "all"})
         data["claims"] = claims
         profile = Profile(**data)
         if profile.name != path.stem:

@@ -78,3 +78,20 @@ def statistic_measurement(name: str, statistic, arrays, seed: int, n_boot: int =
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.nanquantile(resampled, [alpha, 1 - alpha])
     return Measurement(name, value, float(low), float(high), n, (seed,), **kwargs)
+
+
+def unpaired_statistic_measurement(name: str, statistic, groups, seed: int, n_boot: int = N_BOOTSTRAP,
+                                   **kwargs) -> Measurement:
+    """A statistic of several *independent* samples (e.g. each task's own mediation pairs, which are not the
+    same objects): every resample draws each group's rows on its own. `n` is the smallest group's size."""
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    sizes = [len(g) for g in groups]
+    if min(sizes, default=0) == 0:
+        return Measurement(name, math.nan, math.nan, math.nan, 0, (seed,), **kwargs)
+    value = float(statistic(*groups))
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, size, size=(n_boot, size)) for size in sizes]
+    resampled = [float(statistic(*(g[d[b]] for g, d in zip(groups, draws)))) for b in range(n_boot)]
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.nanquantile(resampled, [alpha, 1 - alpha])
+    return Measurement(name, value, float(low), float(high), min(sizes), (seed,), **kwargs)

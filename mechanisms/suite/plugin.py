@@ -162,7 +162,14 @@ class ClaimReporter:
                 entry["verdict"] = verdicts[-1]
             if sampling:
                 entry["sampling"] = sampling[-1]
-            if report.skipped:
+            contradiction = next((v for k, v in report.user_properties if k == rec.CONTRADICTED), None)
+            if contradiction:
+                entry["paper_contradicts"] = contradiction
+            if hasattr(report, "wasxfail") and contradiction:  # failed (xfail) or held (xpass) against the paper
+                entry["outcome"] = "contradicted" if report.skipped else "passed"
+                entry["reason"] = (f"the paper's own numbers contradict this claim for this model: {contradiction}"
+                                   + ("" if report.skipped else " (it holds here nonetheless)"))
+            elif report.skipped:
                 entry["outcome"] = "skipped"
                 entry["reason"] = _skip_reason(report)
             elif report.failed:
@@ -299,8 +306,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         if callspec is None or "profile" not in callspec.params:
             continue
-        item.user_properties.append((rec.PROFILE, callspec.params["profile"].name))
+        profile = callspec.params["profile"]
+        item.user_properties.append((rec.PROFILE, profile.name))
         item.user_properties.append((rec.CLAIM, _describe_claim(item)))
+        contradiction = profile.paper.get("contradicts", {}).get(getattr(item, "originalname", item.name))
+        if contradiction:  # measured and reported like any claim, but its failure is what the paper's table says
+            item.user_properties.append((rec.CONTRADICTED, contradiction))
+            item.add_marker(pytest.mark.xfail(reason=f"contradicted by the paper's own numbers: {contradiction}",
+                                              strict=False))
 
 
 def _describe_claim(item: pytest.Item) -> dict:
@@ -406,3 +419,19 @@ def claim(request: pytest.FixtureRequest, vlm, dataset) -> rec.ClaimRecorder:
                                  request.config.getoption("vlm_max_samples"))
     request.node.user_properties.append((rec.CONTEXT, {"model": vlm.describe(), "dataset": dataset.describe()}))
     return recorder
+
+
+@pytest.fixture
+def probes(vlm, claim, request: pytest.FixtureRequest):
+    """The positional-probe study of this model (§3.2), for every claim that reads it: the profile's probe
+    images unless --probe-train / --probe-test say otherwise (extracted once, cached on disk)."""
+    from mechanisms.experiments.probing import probe_study
+
+    settings = vlm.profile.claims["probing"]
+    train = request.config.getoption("vlm_probe_train") or settings["train_images"]
+    test = request.config.getoption("vlm_probe_test") or settings["test_images"]
+    budget = request.config.getoption("vlm_probe_disk_budget")
+    study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed,
+                        None if budget is None else int(budget * 1e9))
+    claim.note("probe images", f"train {train}, test {test}, {settings['epochs']} epochs")
+    return study

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mechanisms.suite.measurements import Measurement, mean_measurement, paired_difference, statistic_measurement
+from mechanisms.suite.measurements import (Measurement, mean_measurement, paired_difference, statistic_measurement,
+                                           unpaired_statistic_measurement)
 
 MEASUREMENT = "vlm_measurement"
 EXPECTATION = "vlm_expectation"
@@ -24,6 +25,7 @@ PROFILE = "vlm_profile"
 TABLE = "vlm_table"
 VERDICT = "vlm_verdict"
 SAMPLING = "vlm_sampling"
+CONTRADICTED = "vlm_contradicted"  # the profile says the paper's own numbers contradict this claim for the model
 
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -98,6 +100,10 @@ class Expectation:
         return text
 
 
+def _ratio_of_means(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a.mean() / b.mean()) if b.mean() > 0 else math.nan
+
+
 def worst_verdict(verdicts) -> str:
     """A claim's verdict: any "does not hold" -> does not hold; else any inconclusive -> inconclusive."""
     verdicts = list(verdicts)
@@ -156,6 +162,12 @@ class ClaimRecorder:
         return self._add(statistic_measurement(name, statistic, arrays, self.seed, paper=paper,
                                                description=description, unit=unit, extra=extra))
 
+    def unpaired_statistic(self, name: str, statistic, groups, paper=None, description: str = "",
+                           unit: str = "fraction", **extra) -> Measurement:
+        """`statistic(*groups)` of independent samples (different objects), each resampled on its own."""
+        return self._add(unpaired_statistic_measurement(name, statistic, groups, self.seed, paper=paper,
+                                                        description=description, unit=unit, extra=extra))
+
     def note(self, key: str, value) -> None:
         """Anything a reader needs beside the numbers (raw unparsed answers, counts, settings)."""
         self._props.append((NOTE, {key: value}))
@@ -183,6 +195,28 @@ class ClaimRecorder:
     def expect_at_most(self, measurement: Measurement, threshold: float, statement: str,
                        bound: str = "ci_high") -> Expectation:
         return self._expect(measurement, "<=", threshold, statement, bound)
+
+    def expect_minor(self, name: str, effect, reference, share: float, statement: str, two_sided: bool = False,
+                     paper=None) -> list[Expectation]:
+        """An equivalence test relative to the effect that gives "barely moves" its meaning: per sample,
+        `effect` (e.g. drop under -1 padding) against `reference` (the drop under object ablation).
+
+        Holds when mean(effect - share * reference) <= 0 at the interval's high end (and, `two_sided`,
+        mean(effect + share * reference) >= 0 at its low end), so it is neither a test of sample size (an
+        absolute band narrows with n) nor trivially passed where the reference effect is absent (then
+        nothing but effect <= 0 passes; the claim also requires the reference itself). The ratio
+        mean(effect) / mean(reference) is recorded beside the paper's (`paper`)."""
+        effect, reference = np.asarray(effect, dtype=float), np.asarray(reference, dtype=float)
+        self.statistic(f"{name}_share_of_reference", _ratio_of_means, [effect, reference], paper=paper,
+                       description="mean(effect) / mean(reference effect)")
+        upper = self.difference(f"{name}_minus_{share:g}_reference", effect, share * reference,
+                                description=f"effect - {share:g} x reference, per sample")
+        expectations = [self.expect_at_most(upper, 0.0, statement)]
+        if two_sided:
+            lower = self.difference(f"{name}_plus_{share:g}_reference", effect, -share * reference,
+                                    description=f"effect + {share:g} x reference, per sample")
+            expectations.append(self.expect_at_least(lower, 0.0, statement + " (nor gains more)"))
+        return expectations
 
     def verdict(self) -> str:
         return worst_verdict(e.verdict for e in self.expectations)

@@ -85,7 +85,7 @@ class VLM:
         """The spec's question per sample under one condition, scored (on the object-removed images when
         `counterfactual`)."""
         answers = self.ask_under(spec, dataset, samples, [condition], counterfactual)[condition]
-        return spec.score(self.adapter, answers.texts, samples)
+        return spec.score(self.adapter, answers.texts, samples, categories=dataset.categories)
 
     def ask_under(self, spec: TaskSpec, dataset: Dataset, samples: list[ObjectSample],
                   conditions: list[Condition], counterfactual: bool = False) -> dict[Condition, Answers]:

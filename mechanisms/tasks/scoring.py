@@ -63,8 +63,10 @@ def score_boxes(adapter: ModelAdapter, answers: list[str], truths: list[Box],
     return LocalizationResult(np.asarray(ious, dtype=float), list(answers), np.asarray(parsed, dtype=bool))
 
 
-def score_list(answers: list[str], classes: list[str]) -> PresenceResult:
-    return PresenceResult(np.asarray([float(mentions(a, c)) for a, c in zip(answers, classes)]), list(answers))
+def score_list(answers: list[str], classes: list[str], vocabulary=()) -> PresenceResult:
+    """Each answer names its class (`answers.mentions`; `vocabulary`: the prompt's category choices)."""
+    return PresenceResult(np.asarray([float(mentions(a, c, vocabulary)) for a, c in zip(answers, classes)]),
+                          list(answers))
 
 
 def score_binary(answers: list[str]) -> PresenceResult:

@@ -64,13 +64,14 @@ class TaskSpec:
         return torch.ones(len(answer_ids), dtype=torch.bool)
 
     def score(self, adapter, answers: list[str], samples: list[ObjectSample],
-              truths: list[Box] | None = None) -> LocalizationResult | PresenceResult:
-        """Score generated answers, one per sample (`truths`: other boxes to score against, e.g. grown)."""
+              truths: list[Box] | None = None, categories=()) -> LocalizationResult | PresenceResult:
+        """Score generated answers, one per sample (`truths`: other boxes to score against, e.g. grown;
+        `categories`: the dataset's, so that "hot dog" does not count as naming "dog")."""
         if self.name == "box":
             truths = [s.box for s in samples] if truths is None else truths
             return score_boxes(adapter, answers, truths, [(s.width, s.height) for s in samples])
         if self.name == "list":
-            return score_list(answers, [s.category for s in samples])
+            return score_list(answers, [s.category for s in samples], categories)
         return score_binary(answers)
 
 
