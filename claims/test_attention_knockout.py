@@ -165,6 +165,7 @@ def test_localization_needs_layers_after_those_classification_needs(vlm, dataset
 def localization_needs_layers_after_those_classification_needs(claim, profile, centres, baseline, knocked_out):
     """`centres`: each group's centre layer; `baseline[task]`, `knocked_out[task][group]`: per-object outcomes."""
     k = len(centres)
+    _expect_a_drop_to_locate(claim, profile, baseline["localization"], knocked_out["localization"])
 
     def weighted_layer(base, *group_scores):
         drops = np.clip([base.mean() - g.mean() for g in group_scores], 0, None)
@@ -202,8 +203,17 @@ def _worst_centre(centres, base, groups) -> float:
     return float(centres[int(np.argmax([base.mean() - g.mean() for g in groups]))])
 
 
+def _expect_a_drop_to_locate(claim, profile, baseline, knocked_out):
+    """Where nothing drops, the worst group is an argmax over noise: a location needs a real drop."""
+    drop = claim.statistic("worst_group_localization_drop",
+                           lambda b, *g: max(b.mean() - x.mean() for x in g), [baseline, *knocked_out])
+    claim.expect_at_least(drop, profile.claims["locations"]["min_located_drop"],
+                          "some layer group's knockout costs localization (there is a band to locate)")
+
+
 def the_localization_drop_lies_in_the_layers_the_paper_names(claim, profile, centres, baseline, knocked_out):
     low, high = profile.paper_value("locations", "knockout_layers")
+    _expect_a_drop_to_locate(claim, profile, baseline, knocked_out)
     worst = claim.statistic("worst_group_centre_layer", lambda b, *g: _worst_centre(centres, b, g),
                             [baseline, *knocked_out], paper=[low, high], unit="layer",
                             description="centre layer of the group whose knockout costs localization most")
@@ -236,6 +246,12 @@ def test_the_worst_knockout_layers_retain_strong_positional_information(vlm, dat
         peak = probe_layers[int(np.argmax(acc.mean(0)))]
         return abs(float(peak) - _worst_centre(centres, kn[:, 0], list(kn[:, 1:].T)))
 
+    _expect_a_drop_to_locate(claim, vlm.profile, loc[BASELINE], [loc[n] for n in first])
+    gain = claim.difference("probe_peak_minus_projector_accuracy",
+                            probes.results[llm[int(np.argmax([probes.results[s].accuracy for s in llm]))]].per_image(),
+                            probes.results[sites.PROJECTOR].per_image())
+    claim.expect_at_least(gain, vlm.profile.claims["probing"]["min_llm_gain_over_projector"],
+                          "the LM rebuilds position to a peak (else its argmax is noise)")
     claim.statistic("probe_peak_layer", lambda acc: float(probe_layers[int(np.argmax(acc.mean(0)))]), [accuracy],
                     paper=vlm.profile.paper_value("probing", "peak_llm_layer"), unit="layer")
     claim.statistic("worst_knockout_group_centre_layer", lambda kn: _worst_centre(centres, kn[:, 0], list(kn[:, 1:].T)),

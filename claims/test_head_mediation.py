@@ -84,8 +84,9 @@ def test_the_two_tasks_rely_on_largely_distinct_heads(vlm, dataset, claim):
 def the_two_tasks_rely_on_largely_distinct_heads(claim, profile, localization_mf, classification_mf):
     """`*_mf`: per-pair MF [pairs, layers, heads] of each task."""
     settings = profile.claims["mediation"]
-    n_heads = localization_mf[0].size if len(localization_mf) else classification_mf[0].size
-    groups = [np.asarray(m).reshape(len(m), n_heads) for m in (localization_mf, classification_mf)]
+    groups = [np.asarray(m).reshape(len(m), int(np.prod(np.shape(m)[1:])))
+              for m in (localization_mf, classification_mf)]
+    n_heads = groups[0].shape[1]  # no pair kept for a task: its group is empty and the overlap NaN
     for k in settings["overlap_k"]:
         paper = profile.paper_value("mediation", f"top{k}_overlap")
         measured = claim.unpaired_statistic(

@@ -35,7 +35,7 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
     gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(claim, profile, effects, top, randoms,
                                                                                seeds)
     claim.note("IG target", "log-prob of the GT box's choice-carrying digit tokens (localization) / of the class "
-                            "name after the list prompt (classification); baseline = mean visual embedding; "
+                            "name inside the image's list answer (classification); baseline = mean visual embedding; "
                             f"{settings['steps']} steps")
 
 

@@ -119,14 +119,20 @@ def test_position_peaks_at_the_layer_the_paper_finds(vlm, dataset, claim, probes
     study, _ = _study(vlm, probes, claim)
     llm = study.stages(sites.LLM)
     position_peaks_at_the_layer_the_paper_finds(claim, vlm.profile, [sites.layer_of(s) for s in llm],
-                                                np.stack([study.results[s].per_image() for s in llm], axis=1))
+                                                np.stack([study.results[s].per_image() for s in llm], axis=1),
+                                                study.results[sites.PROJECTOR].per_image())
 
 
-def position_peaks_at_the_layer_the_paper_finds(claim, profile, layers, per_image_accuracy):
-    """`per_image_accuracy`: [images, LM layers] held-out accuracy, columns in `layers` order."""
+def position_peaks_at_the_layer_the_paper_finds(claim, profile, layers, per_image_accuracy, projector_accuracy):
+    """`per_image_accuracy`: [images, LM layers] held-out accuracy, columns in `layers` order; the peak is
+    only located where it rises above the projector (an argmax over a flat curve lands anywhere)."""
     paper_peak = profile.paper_value("probing", "peak_llm_layer")
     tolerance = profile.claims["locations"]["layer_tolerance"]
     layers = np.asarray(layers)
+    peak_column = int(np.argmax(per_image_accuracy.mean(0)))
+    gain = claim.difference("peak_minus_projector_accuracy", per_image_accuracy[:, peak_column], projector_accuracy)
+    claim.expect_at_least(gain, profile.claims["probing"]["min_llm_gain_over_projector"],
+                          "the LM rebuilds position to a peak (there is a peak to locate)")
     peak = claim.statistic("peak_llm_layer", lambda acc: float(layers[int(np.argmax(acc.mean(0)))]),
                            [per_image_accuracy], paper=paper_peak, unit="layer",
                            description="argmax over LM layers of the mean held-out accuracy")

@@ -80,3 +80,38 @@ def test_site_names():
     assert sites.stage_of("llm.03") == "llm" and sites.layer_of("vision.11") == 11
     assert sites.stage_of(sites.PROJECTOR) == sites.PROJECTOR
     assert sites.all_heads(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_the_list_answer_stops_at_the_objects_class_in_category_order():
+    from types import SimpleNamespace
+
+    sample = SimpleNamespace(category="dog")
+    assert LIST.list_answer(sample, ["cat", "dog", "person"]) == ("cat,", "cat, dog")
+    assert LIST.list_answer(sample, ["dog", "person"]) == ("", "dog")
+    assert LIST.list_answer(sample, ["cat"]) == ("cat,", "cat, dog")  # a class missing from the list is appended
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    from mechanisms.data import resolve_dataset
+
+    return resolve_dataset("synthetic:5:6")
+
+
+def test_ig_attributes_only_the_class_tokens_inside_the_list_answer(tiny_adapter, tiny_dataset):
+    """Classification IG reads "the correct class" where a list answer names it: the scored tokens decode
+    to the class name, and the earlier classes of the answer are context, not target."""
+    from mechanisms.experiments.attribution import _teacher_forced
+
+    image_ids = {}
+    for s in tiny_dataset.samples:
+        image_ids.setdefault(s.image_id, []).append(s)
+    sample = next(objs[-1] for objs in image_ids.values()
+                  if len(tiny_dataset.classes_in_image(objs[0].image_id)) > 1
+                  and tiny_dataset.classes_in_image(objs[0].image_id)[-1] == objs[-1].category)
+    question = LIST.question(sample, tiny_dataset.categories)
+    inputs, span, scored = _teacher_forced(tiny_adapter, tiny_dataset, sample, LIST, tiny_dataset.image(sample),
+                                           question)
+    answer_ids = inputs["input_ids"][0, span]
+    assert 0 < int(scored.sum()) < len(answer_ids)
+    assert tiny_adapter.tokenizer.decode(answer_ids[scored]).strip() == sample.category

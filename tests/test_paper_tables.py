@@ -177,8 +177,10 @@ def paper_probe_curves(profile, n_layers: int = 32, n_images: int = 500, seed: i
     peak = profile.paper_value("probing", "peak_llm_layer")
     layers = np.arange(n_layers)
     curve = np.where(layers <= peak, 0.1 + 0.5 * layers / peak, 0.6 - 0.01 * (layers - peak))
-    noise = np.random.default_rng(seed).normal(0, 0.1, size=(n_images, n_layers))
-    return list(layers), np.clip(curve[None] + noise, 0, 1)
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.1, size=(n_images, n_layers))
+    projector = np.clip(0.1 + rng.normal(0, 0.1, size=n_images), 0, 1)  # "initially low" (Fig 2)
+    return list(layers), np.clip(curve[None] + noise, 0, 1), projector
 
 
 COVERED = [

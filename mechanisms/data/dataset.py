@@ -64,6 +64,11 @@ class Dataset:
     def mask(self, sample: ObjectSample) -> np.ndarray:
         return decode_mask(self._annotations[sample.annotation_id], self._images[sample.image_id])
 
+    def classes_in_image(self, image_id: int) -> list[str]:
+        """The categories of the image's usable objects, in the dataset's category order (a list answer)."""
+        present = {s.category for s in self.samples if s.image_id == image_id}
+        return [c for c in self.categories if c in present]
+
     def with_counterfactuals(self) -> list[ObjectSample]:
         return [s for s in self.samples if s.counterfactual_path is not None]
 

@@ -3,8 +3,9 @@
 The attributed function is the teacher-forced log-probability of the spec's correct answer given the
 image tokens, summed over the tokens the spec scores (the same rule as mediation's perplexity,
 `TaskSpec.scored_tokens`): for localization (`BOX`), the choice-carrying digits of the ground-truth box
-answer (brackets, commas and LLaVA's leading "0." are template); for classification (`LIST`), the tokens
-of the correct class name as the answer to the list prompt. The IG baseline is the mean visual
+answer (brackets, commas and LLaVA's leading "0." are template); for classification (`LIST`), "the
+correct class logits" read inside a list answer: the image's classes are teacher-forced in category
+order up to this object's class, and only that class name's tokens are attributed. The IG baseline is the mean visual
 embedding, the same "no information" point ablation uses. A token's score is the magnitude of its
 attribution summed over the hidden dimension (by IG's completeness, that sum is the token's share
 of the change in the target from baseline to input).
@@ -54,12 +55,12 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spe
 
     def compute(sample: ObjectSample) -> np.ndarray:
         mean = vlm.mean_visual_embedding()
-        question, answer = spec.question(sample, dataset.categories), spec.correct_answer(adapter, sample)
-        inputs, span = adapter.encode_with_answer(dataset.image(sample), question, answer)
+        image, question = dataset.image(sample), spec.question(sample, dataset.categories)
+        inputs, span, scored = _teacher_forced(adapter, dataset, sample, spec, image, question)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         with torch.no_grad():
             features = adapter.visual_tokens(inputs)[0]
-        weights = spec.scored_tokens(adapter, inputs["input_ids"][0, span]).float()
+        weights = scored.float()
 
         def target(feats: torch.Tensor) -> torch.Tensor:
             return answer_logprob(adapter, inputs["input_ids"], inputs["attention_mask"], span, feats, weights)
@@ -70,9 +71,30 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spe
                 n_steps=n_steps, internal_batch_size=min(n_steps, vlm.profile.batch_size))
         return attributions[0].float().sum(-1).abs().detach().cpu().numpy()
 
-    return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, spec.name, n_steps,
+    target = f"{spec.name}:class-in-list" if spec.per_image else spec.name  # keys what is attributed
+    return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, target, n_steps,
                                        vlm.reference_images, s.annotation_id), lambda s=s: compute(s))
             for s in samples}
+
+
+def _teacher_forced(adapter, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, image, question):
+    """(inputs, answer span, which answer tokens are attributed). The list prompt's answer is the image's
+    classes up to this object's (`TaskSpec.list_answer`) and only the class's own tokens are attributed;
+    every other spec teacher-forces its correct answer and scores `spec.scored_tokens`."""
+    if not spec.per_image:
+        inputs, span = adapter.encode_with_answer(image, question, spec.correct_answer(adapter, sample))
+        return inputs, span, spec.scored_tokens(adapter, inputs["input_ids"][0, span])
+    before, through = spec.list_answer(sample, dataset.classes_in_image(sample.image_id))
+    inputs, span = adapter.encode_with_answer(image, question, through)
+    n_before = 0
+    if before:
+        prefix, prefix_span = adapter.encode_with_answer(image, question, before)
+        n_before = prefix_span.stop - prefix_span.start
+        if not torch.equal(prefix["input_ids"][0, prefix_span], inputs["input_ids"][0, span][:n_before]):
+            raise ValueError(f"the list answer {through!r} does not tokenize with {before!r} as its prefix")
+    scored = torch.zeros(span.stop - span.start, dtype=torch.bool)
+    scored[n_before:] = True
+    return inputs, span, scored
 
 
 @contextlib.contextmanager

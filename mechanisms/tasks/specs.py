@@ -8,7 +8,8 @@ one spec serves every family.
 
 - `BOX` (localization): "Please provide the bounding box coordinates of the {cls}." -> IoU success.
 - `LIST` (classification): "List all objects in the image. Choose only from {classes}." -> the class is
-  named anywhere in the answer (§2.3); teacher-forced answer: the class name.
+  named anywhere in the answer (§2.3); teacher-forced answer: the class name (mediation's reference); for
+  attributions, the image's classes listed up to this one (`list_answer`).
 - `BINARY` (classification, §6.2 and the mediation pairs): "Is there a {cls} in the image?" -> yes.
 """
 
@@ -54,6 +55,14 @@ class TaskSpec:
         if self.name == "list":
             return sample.category
         return adapter.yes_answer
+
+    def list_answer(self, sample: ObjectSample, image_classes: list[str]) -> tuple[str, str]:
+        """A list prompt's answer naming the image's classes in category order, cut at this object's class:
+        (the answer before the class, the answer through it). Teacher-forcing the second and scoring the
+        tokens it adds to the first attributes "the correct class" where a list answer would name it."""
+        classes = list(image_classes) if sample.category in image_classes else [*image_classes, sample.category]
+        through = classes[: classes.index(sample.category) + 1]
+        return ", ".join(through[:-1]) + ("," if len(through) > 1 else ""), ", ".join(through)
 
     def scored_tokens(self, adapter, answer_ids: torch.Tensor) -> torch.Tensor:
         """Bool [len(answer_ids)]: the answer tokens that carry a choice (the one rule for perplexities
