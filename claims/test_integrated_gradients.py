@@ -9,7 +9,7 @@ on the paper's own numbers.
 
 from mechanisms.experiments.attribution import integrated_gradients
 from mechanisms.experiments.token_effects import Effects, ablation_row, measure_effects
-from mechanisms.interventions.conditions import BASELINE, random_ablation, top_k_ablation
+from mechanisms.interventions.conditions import BASELINE, random_ablation, top_k_ablation, top_matched_ablation
 from mechanisms.tasks.specs import BOX, LIST, TASKS
 
 
@@ -28,6 +28,7 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
     for spec in (BOX, LIST):
         scores = integrated_gradients(vlm, dataset, samples, spec, settings["steps"])
         top[spec.task] = {k: top_k_ablation(f"ig-{spec.task}", scores, k) for k in settings["k"]}
+        top[spec.task]["matched"] = top_matched_ablation(f"ig-{spec.task}", scores)  # Table 5's Gradients row
         effects.update(measure_effects(vlm, dataset, samples, [*top[spec.task].values(),
                                                                *[c for cs in randoms.values() for c in cs]],
                                        specs=(spec,)))
@@ -41,7 +42,8 @@ def test_gradient_selected_tokens_hurt_localization_more_than_as_many_random_tok
 
 def gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(claim, profile, effects, top, randoms,
                                                                                seeds):
-    """`top[task][k]`: the task's own top-k IG ablation; `randoms[k]`: k random tokens, one per seed."""
+    """`top[task][k]`: the task's own top-k IG ablation (and `top[task]["matched"]`: as many as the object's
+    tokens, Table 5's Gradients row); `randoms[k]`: k random tokens, one per seed."""
     settings = profile.claims["integrated_gradients"]
     k = settings["compare_k"]
     for task in TASKS:
@@ -57,8 +59,14 @@ def gradient_selected_tokens_hurt_localization_more_than_as_many_random_tokens(c
             claim.expect_at_least(excess, settings["min_excess_drop_localization"],
                                   f"the top-{k} IG tokens hurt localization more than {k} random tokens")
 
+    if all("matched" in top[task] for task in TASKS):
+        for task in TASKS:
+            claim.measure(f"{task}_ig_as_many_as_object", effects.of(task, top[task]["matched"]),
+                          paper=profile.paper_value(*top[task]["matched"].paper, task))
     rows = [ablation_row(0, effects, BASELINE, profile)]
     rows += [ablation_row(10 + i, effects, {task: top[task][k] for task in top}, profile, k=k)
              for i, k in enumerate(settings["k"])]
+    if all("matched" in top[task] for task in TASKS):
+        rows.append(ablation_row(9, effects, {task: top[task]["matched"] for task in top}, profile))
     rows += [ablation_row(20 + i, effects, randoms[k], profile, k=k) for i, k in enumerate(settings["random_k"])]
     claim.table("table1", rows, title="Table 1: accuracy after token ablation (%)")

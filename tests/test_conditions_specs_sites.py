@@ -16,15 +16,19 @@ def all_kinds():
     scores = {1: np.arange(10.0)}
     return [C.BASELINE, C.object_ablation(0), C.object_ablation(-1), C.object_ablation(1, ("global",)),
             C.matched_random_ablation(3), C.random_ablation(16, 2), C.register_ablation(),
-            C.top_k_ablation("ig-localization", scores, 8), C.containerization(2, 5), C.full_shuffle(1),
+            C.top_k_ablation("ig-localization", scores, 8), C.top_matched_ablation("ig-localization", scores),
+            C.containerization(2, 5), C.full_shuffle(1),
             C.object_shuffle(1)]
 
 
 def test_condition_names_are_stable_and_unique():
     names = [c.name for c in all_kinds()]
+    ranking = C.top_k_ablation("ig-localization", {1: np.arange(10.0)}, 8).ranking
+    assert ranking.startswith("ig-localization@") and len(ranking) == len("ig-localization@") + 10
     assert names == ["baseline", "ablate:object+0", "ablate:object-1", "ablate:object+1@global",
                      "ablate:random-matched+0:seed3", "ablate:random16:seed2", "ablate:register2std",
-                     "ablate:ig-localization-top8", "container:+2:seed5", "shuffle:all:seed1", "shuffle:object:seed1"]
+                     f"ablate:{ranking}-top8", f"ablate:{ranking}-top-matched+0", "container:+2:seed5",
+                     "shuffle:all:seed1", "shuffle:object:seed1"]
     assert len(set(names)) == len(names)
 
 
@@ -34,15 +38,22 @@ def test_condition_labels_and_paper_keys_come_from_the_record():
     assert labels["ablate:object-1"] == ("-1 Padding", ("ablation", "object-1"))
     assert labels["ablate:object+1@global"] == ("+1 Padding", ("view_ablation", "global+1"))
     assert labels["ablate:random16:seed2"] == ("Random", ("ablation", "random-16"))
-    assert labels["ablate:ig-localization-top8"] == ("Integrated Gradients", ("ablation", "integrated-gradients-8"))
+    ig = C.top_k_ablation("ig-localization", {1: np.arange(10.0)}, 8)
+    assert labels[ig.name] == ("Integrated Gradients", ("ablation", "integrated-gradients-8"))
+    matched = C.top_matched_ablation("ig-localization", {1: np.arange(10.0)})
+    assert labels[matched.name][1] == ("ablation", "integrated-gradients-matched")  # Table 5's Gradients row
     assert labels["shuffle:all:seed1"] == ("Full", ("shuffling", "full"))
-    assert labels["ablate:random-matched+0:seed3"][1] is None  # the paper has no row for the matched control
+    assert labels["ablate:random-matched+0:seed3"][1] == ("ablation", "random-matched")  # Table 5's Random row
     assert C.object_ablation(0, ("local",)).view_label == "Local" and C.object_ablation(0).view_label == "Both"
 
 
-def test_conditions_are_values_and_the_ranking_scores_do_not_change_identity():
+def test_conditions_are_values_and_a_ranking_is_named_by_its_scores():
+    """Equal records are equal; a ranking computed differently (other scores) is another condition, so
+    cached answers ablated by an old ranking are never reused for a new one."""
     assert C.object_ablation(0) == C.object_ablation(0) and hash(C.object_ablation(0)) == hash(C.object_ablation(0))
-    assert C.top_k_ablation("ig-x", {1: np.zeros(3)}, 2) == C.top_k_ablation("ig-x", {1: np.ones(3)}, 2)
+    assert C.top_k_ablation("ig-x", {1: np.zeros(3)}, 2) == C.top_k_ablation("ig-x", {1: np.zeros(3)}, 2)
+    assert C.top_k_ablation("ig-x", {1: np.zeros(3)}, 2) != C.top_k_ablation("ig-x", {1: np.ones(3)}, 2)
+    assert C.top_k_ablation("ig-x", {1: np.zeros(3)}, 2).name != C.top_k_ablation("ig-x", {1: np.ones(3)}, 2).name
     assert C.random_ablation(4, 0) != C.random_ablation(4, 1)
     assert C.BASELINE.edit(None, [], torch.zeros(3, 2), None) is None
 

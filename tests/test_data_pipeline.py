@@ -202,3 +202,74 @@ def test_coco_rem_style_annotations_load_like_coco(coco_fixture, tmp_path):
     assert data_main(["build", "--instances", str(rem), "--images", str(images), "--out", str(out),
                       "--inpainter", "none", "--quiet"]) == 0
     assert [s.annotation_id for s in load_dataset(out).samples] == [1, 8, 9]
+
+
+# ----- provenance: which of the paper's tables a run on this dataset reproduces ---------------------------
+
+
+def test_the_manifest_records_the_source_and_a_subset_keeps_it(coco_fixture, tmp_path):
+    """The source is written at build time (never read from a folder name) and survives `subset`."""
+    path, images = coco_fixture
+    out = tmp_path / "any-name"
+    assert data_main(["build", "--instances", str(path), "--images", str(images), "--out", str(out),
+                      "--kind", "coco-rem", "--inpainter", "none", "--quiet"]) == 0
+    dataset = load_dataset(out)
+    assert dataset.source == "coco-rem" and dataset.provenance["source"]["path"] == str(path.resolve())
+    assert dataset.provenance["filters"]["annotations_in"] == 12
+    _write_voc(tmp_path / "voc")
+    voc = tmp_path / "named-like-coco"
+    assert data_main(["build", "--voc", str(tmp_path / "voc"), "--out", str(voc), "--inpainter", "none",
+                      "--quiet"]) == 0
+    assert load_dataset(voc).source == "voc" and load_dataset(voc).provenance["source"]["split"] == "val"
+    assert resolve_dataset("synthetic:5:6").source == "synthetic"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "instances_val.json").write_text(path.read_text())
+    assert load_dataset(plain).source is None  # a folder not built here: unknown, not guessed
+
+
+def _claims_report(tmp_path, dataset: Path) -> dict:
+    """The object-ablation claims with the llava7b profile (its paper values) on the shipped tiny-llava."""
+    from tests.test_claims_end_to_end import load_report, run_claims
+
+    proc, reports = run_claims("claims/test_object_token_ablation.py", "-m", "llava7b", "--model-path",
+                               "llava7b=fixtures/models/tiny-llava", "--dtype", "float32", "--dataset", str(dataset),
+                               tmp_path=tmp_path)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_report(reports, "llava7b"), (reports / "llava7b" / "REPORT.md").read_text()
+
+
+def _row(table: dict, strategy: str) -> dict:
+    return next(r for r in table["rows"] if r["strategy"].startswith(strategy))
+
+
+def test_a_voc_run_reports_table5_and_its_provenance(tmp_path):
+    """Build the hand-made VOC folder, run the ablation claims: the paper columns are Table 5's (not
+    Table 1's), the table says what it reproduces, and the report opens with the VOC provenance."""
+    _write_voc(tmp_path / "voc")
+    out = tmp_path / "voc-set"
+    assert data_main(["build", "--voc", str(tmp_path / "voc"), "--out", str(out), "--inpainter", "none",
+                      "--quiet"]) == 0
+    report, markdown = _claims_report(tmp_path, out)
+    assert report["model"]["paper_tables"] == "voc"
+    table = report["tables"]["table1"]
+    assert table["title"].startswith("Table 5: token ablation on Pascal VOC")
+    assert _row(table, "Baseline")["paper_localization"] == 52.41
+    assert _row(table, "Object")["paper_classification"] == 31.37
+    assert _row(table, "Random (as many as object)")["paper_localization"] == 50.41
+    assert "- **Source**: voc" in markdown and "split val" in markdown
+    assert "- **Paper values**: Pascal VOC (Table 5; 1,957 objects" in markdown
+
+
+def test_a_coco_run_reports_table1(coco_fixture, tmp_path):
+    path, images = coco_fixture
+    out = tmp_path / "coco-set"
+    assert data_main(["build", "--instances", str(path), "--images", str(images), "--out", str(out),
+                      "--inpainter", "none", "--quiet"]) == 0
+    report, markdown = _claims_report(tmp_path, out)
+    table = report["tables"]["table1"]
+    assert report["model"]["paper_tables"] == "coco" and table["title"].startswith("Table 1")
+    assert _row(table, "Baseline")["paper_localization"] == 35.34
+    assert _row(table, "Object")["paper_localization"] == 5.92
+    assert _row(table, "Random (as many as object)")["paper_localization"] is None  # Table 1 has no such row
+    assert "- **Source**: coco" in markdown and "filtered COCO subset (Tables 1-4" in markdown

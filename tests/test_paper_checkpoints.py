@@ -124,7 +124,7 @@ def test_every_claim_runs_on_the_stand_in(standins, name, tmp_path):
                 FAMILY[name] == "internvl" and "LLaVA models only" in entry["reason"]), entry["nodeid"]
             continue
         test = entry["nodeid"].split("::")[-1].split("[")[0]
-        allowed = ("failed", "inconclusive") + (("contradicted",) if test in PROFILES[name].paper.get(
+        allowed = ("failed", "inconclusive") + (("contradicted",) if test in PROFILES[name].paper_sections().get(
             "contradicts", {}) else ())
         assert entry["outcome"] in allowed, (entry["nodeid"], entry.get("reason"))  # 2 samples
         assert entry["measurements"] and entry["expectations"], entry["nodeid"]

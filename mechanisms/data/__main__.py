@@ -34,6 +34,7 @@ def build(args) -> int:
 
         instances, skipped = voc_to_coco(args.voc, args.split)
         images_dir = Path(args.voc).resolve() / "JPEGImages"
+        source = {"kind": "voc", "path": str(Path(args.voc).resolve()), "split": args.split}
         print(f"VOC {args.voc} ({args.split}): {len(instances['annotations'])} objects in "
               f"{len(instances['images'])} images; skipped: {dict(skipped) or 'none'}")
     else:
@@ -42,21 +43,23 @@ def build(args) -> int:
             if not isinstance(instances.get(key), list):
                 raise DatasetError(f"{args.instances}: missing or malformed {key!r} list")
         images_dir = Path(args.images).resolve()
+        source = {"kind": args.kind, "path": str(Path(args.instances).resolve())}
         print(f"{args.instances}: {len(instances['annotations'])} annotations in {len(instances['images'])} images")
     filtered, report = apply_filters(instances)
     print("filters (§6.1):")
     for line in report.lines():
         print("  " + line)
-    manifest = {"name": args.name or out.name, "images_dir": str(images_dir), "filter_report": report.to_dict()}
+    manifest = {"name": args.name or out.name, "images_dir": str(images_dir), "source": source,
+                "filter_report": report.to_dict()}
     _write_folder(out, filtered, manifest)
     dataset = load_dataset(out)
     print(f"loadable: {len(dataset.samples)} objects in {len({s.image_id for s in dataset.samples})} images; "
           f"skipped: {dict(dataset.skipped) or 'none'}")
     if args.inpainter != "none":
-        source = load_dataset(args.source) if args.inpainter == "exact" and args.source else None
-        inpainter = make_inpainter(args.inpainter, source)
-        if source is not None:  # exact counterfactuals come from the source folder's own renderings
-            by_id = {s.annotation_id: s for s in source.samples}
+        renderings = load_dataset(args.source) if args.inpainter == "exact" and args.source else None
+        inpainter = make_inpainter(args.inpainter, renderings)
+        if renderings is not None:  # exact counterfactuals come from the source folder's own renderings
+            by_id = {s.annotation_id: s for s in renderings.samples}
             dataset.samples = [by_id.get(s.annotation_id, s) for s in dataset.samples]
         entries, written = build_control_set(dataset, inpainter, out, progress=not args.quiet)
         manifest.update({"counterfactuals": entries, "inpainter": inpainter.name})
@@ -109,7 +112,11 @@ def _write_subset(source: Path, out: Path, keep: set[int], provenance: dict) -> 
                         "images": [im for im in instances["images"] if im.get("id") in used]},
                   {"name": out.name, "images_dir": str(images_dir if images_dir.is_absolute() else
                                                        (source / images_dir).resolve()),
-                   "counterfactuals": cfs, "subset_of": str(source.resolve()), **provenance})
+                   "counterfactuals": cfs, "subset_of": str(source.resolve()),
+                   **{key: manifest[key] for key in INHERITED if key in manifest}, **provenance})
+
+
+INHERITED = ("source", "generator", "filter_report", "inpainter")  # what a subset keeps of its source folder's provenance
 
 
 def intersect(args) -> int:
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--voc", help="a Pascal VOC folder (Annotations/, JPEGImages/, SegmentationObject/)")
     b.add_argument("--images", help="with --instances: the images folder (e.g. val2017/)")
     b.add_argument("--split", default="val", help="with --voc: ImageSets/Segmentation/<split>.txt")
+    b.add_argument("--kind", default="coco", choices=["coco", "coco-rem", "synthetic", "other"],
+                   help="with --instances: which annotations these are (recorded in the manifest; the paper's "
+                        "COCO tables are measured on COCO val with COCO-ReM's corrected masks)")
     b.add_argument("--out", required=True)
     b.add_argument("--name")
     b.add_argument("--inpainter", default="opencv", choices=["opencv", "lama", "exact", "none"])

@@ -50,6 +50,8 @@ class Dataset:
     fingerprint: str
     skipped: Counter = field(default_factory=Counter)
     control_criterion: str | None = None  # how the object-removed control set was chosen (`data subset`)
+    source: str | None = None  # what the objects come from: "coco", "coco-rem", "voc", "synthetic" (None: unknown)
+    provenance: dict = field(default_factory=dict)  # from the manifest: source, filters, inpainter, subsets
     _annotations: dict = field(default_factory=dict, repr=False)
     _images: dict = field(default_factory=dict, repr=False)
 
@@ -84,7 +86,25 @@ class Dataset:
         return {"name": self.name, "root": str(self.root), "fingerprint": self.fingerprint,
                 "n_samples": len(self.samples), "n_images": len({s.image_id for s in self.samples}),
                 "skipped": dict(sorted(self.skipped.items())),
-                **({"control_criterion": self.control_criterion} if self.control_criterion else {})}
+                **({"control_criterion": self.control_criterion} if self.control_criterion else {}),
+                "source": self.source, **({"provenance": self.provenance} if self.provenance else {})}
+
+
+def manifest_provenance(manifest: dict) -> dict:
+    """Where a dataset folder's objects come from, as its manifest records it (written at build time,
+    carried through subsets): the source (kind, path, split), the filters' counts, the inpainter, the
+    control-set criterion and the folders it was cut from. The kind is never guessed from a folder name."""
+    source = manifest.get("source")
+    if source is None and (manifest.get("generator") or {}).get("kind") == "synthetic":
+        generator = manifest["generator"]
+        source = {"kind": "synthetic", "seed": generator.get("seed"), "n_images": generator.get("n_images")}
+    kept = {k: v for k, v in {"source": source, "inpainter": manifest.get("inpainter"),
+                              "control_criterion": manifest.get("control_criterion"),
+                              "filters": manifest.get("filter_report"),
+                              "subset_of": manifest.get("subset_of"),
+                              "intersection_of": manifest.get("intersection_of"),
+                              "subset_counts": manifest.get("counts")}.items() if v}
+    return kept
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -123,6 +143,7 @@ def load_dataset(root: str | Path) -> Dataset:
         criterion = manifest.get("control_criterion")
         counterfactuals = {int(c["annotation_id"]): root / c["file_name"]
                            for c in manifest.get("counterfactuals", [])}
+        provenance = manifest_provenance(manifest)
     else:
         candidates = sorted(root.glob("instances*.json")) + sorted(root.glob("annotations/instances*.json"))
         if not candidates:
@@ -130,7 +151,7 @@ def load_dataset(root: str | Path) -> Dataset:
         instances_path = candidates[0]
         images_dir = next((d for d in (root / "images", root / instances_path.stem.split("_")[-1], root)
                            if d.is_dir()), root)
-        name, counterfactuals, criterion = root.name, {}, None
+        name, counterfactuals, criterion, provenance = root.name, {}, None, {}
     instances = read_json(instances_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(instances.get(key), list):
@@ -186,7 +207,8 @@ def load_dataset(root: str | Path) -> Dataset:
         digest.update(manifest_path.read_bytes())
     return Dataset(name=name, root=root, categories=[categories[k] for k in sorted(categories)],
                    samples=samples, fingerprint=digest.hexdigest()[:16], skipped=skipped,
-                   control_criterion=criterion, _annotations=annotations, _images=coco.imgs)
+                   control_criterion=criterion, source=(provenance.get("source") or {}).get("kind"),
+                   provenance=provenance, _annotations=annotations, _images=coco.imgs)
 
 
 def decode_mask(ann: dict, image_info: dict) -> np.ndarray:

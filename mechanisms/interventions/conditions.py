@@ -11,6 +11,8 @@ on which other samples run with it.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -56,6 +58,8 @@ class Condition:
             return f"ablate:register{self.n_std:g}std"
         if self.recipe == "top-k":
             return f"ablate:{self.ranking}-top{self.k}"
+        if self.recipe == "top-matched":
+            return f"ablate:{self.ranking}-top-matched{self.padding:+d}"
         if self.recipe == "container":
             return f"container:+{self.padding}:seed{self.seed}"
         if self.recipe == "shuffle-all":
@@ -68,7 +72,8 @@ class Condition:
     def label(self) -> str:
         """The row label the paper's tables give this condition (seeds are pooled under one label)."""
         labels = {"baseline": "Baseline", "random-matched": "Random (as many as object)", "random": "Random",
-                  "register": "Register", "top-k": "Integrated Gradients", "container": f"+{self.padding} rings",
+                  "register": "Register", "top-k": "Integrated Gradients",
+                  "top-matched": "Integrated Gradients (as many as object)", "container": f"+{self.padding} rings",
                   "shuffle-all": "Full", "shuffle-object": "Object"}
         if self.recipe == "object":
             return "Object" if self.padding == 0 else f"{self.padding:+d} Padding"
@@ -92,6 +97,10 @@ class Condition:
             return ("ablation", "register")
         if self.recipe == "random":
             return ("ablation", f"random-{self.k}")
+        if self.recipe == "random-matched" and self.padding == 0:
+            return ("ablation", "random-matched")
+        if self.recipe == "top-matched" and self.padding == 0 and self.ranking and self.ranking.startswith("ig-"):
+            return ("ablation", "integrated-gradients-matched")
         if self.recipe == "top-k" and self.ranking and self.ranking.startswith("ig-"):
             return ("ablation", f"integrated-gradients-{self.k}")
         if self.recipe == "shuffle-all":
@@ -117,6 +126,9 @@ class Condition:
             return tokens.ablate(register_tokens(features, self.n_std))
         if self.recipe == "top-k":
             return tokens.ablate(top_k(self.scores[sample.annotation_id], self.k))
+        if self.recipe == "top-matched":
+            k = int(object_tokens(views, dataset.mask(sample), self.padding).sum())
+            return tokens.ablate(top_k(self.scores[sample.annotation_id], k))
         if self.recipe == "container":
             return tokens.containerize(views, dataset.mask(sample), self.padding, _sample_rng(self.seed, sample, 3))
         if self.recipe == "shuffle-all":  # the permutation depends on the image, not the object
@@ -155,10 +167,28 @@ def register_ablation(n_std: float = 2.0) -> Condition:
     return Condition("register", n_std=n_std)
 
 
+def _ranking_name(ranking: str, scores: Mapping[int, np.ndarray]) -> str:
+    """`ranking` with a digest of its scores: the name keys cached answers, so a ranking computed another
+    way (another IG target, steps or baseline) must not reuse answers ablated by the old one."""
+    if not scores:
+        return ranking
+    digest = hashlib.sha256()
+    for annotation_id in sorted(scores):
+        digest.update(str(annotation_id).encode())
+        digest.update(np.ascontiguousarray(scores[annotation_id], dtype=np.float32).tobytes())
+    return f"{ranking}@{digest.hexdigest()[:10]}"
+
+
 def top_k_ablation(ranking: str, scores: Mapping[int, np.ndarray], k: int) -> Condition:
-    """The k tokens with the highest per-sample `scores` (named `ranking`, e.g. "ig-localization"), set to
-    the mean."""
-    return Condition("top-k", k=k, ranking=ranking, scores=scores)
+    """The k tokens with the highest per-sample `scores` (named `ranking`, e.g. "ig-localization", plus a
+    digest of the scores), set to the mean."""
+    return Condition("top-k", k=k, ranking=_ranking_name(ranking, scores), scores=scores)
+
+
+def top_matched_ablation(ranking: str, scores: Mapping[int, np.ndarray]) -> Condition:
+    """As many top-`scores` tokens as the object selection holds, per sample (Table 5's Gradients row:
+    "an equal number of high-gradient tokens")."""
+    return Condition("top-matched", ranking=_ranking_name(ranking, scores), scores=scores)
 
 
 def containerization(rings: int, seed: int) -> Condition:

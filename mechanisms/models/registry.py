@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ class Profile:
     shipped_path: str | None = None
     system_prompt: str | None = None  # the system text the model was trained with (None: the template's own)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
-    paper: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paper: dict[str, dict[str, Any]] = field(default_factory=dict)  # as in the TOML: per dataset, and model-level
+    paper_dataset: str | None = None  # which dataset's tables `paper_value` reads (`for_dataset`); None: none
 
     @property
     def env_var(self) -> str:
@@ -54,10 +55,21 @@ class Profile:
             raise KeyError(f"profile {self.name!r} has no threshold [claims.{claim}] {key} "
                            f"(add it to {PROFILE_DIR / (self.name + '.toml')})") from err
 
+    def for_dataset(self, source: str | None) -> "Profile":
+        """This profile reading the paper's tables for a dataset of this recorded source ("coco",
+        "coco-rem", "voc", "synthetic", None): COCO's Tables 1-4 for COCO, Table 5 for VOC, no dataset
+        table for a source the paper did not measure (model-level facts stay)."""
+        return replace(self, paper_dataset=PAPER_DATASETS.get(source))
+
+    def paper_sections(self) -> dict[str, dict[str, Any]]:
+        """The paper's sections for this model on the bound dataset, plus its model-level sections."""
+        model_level = {k: v for k, v in self.paper.items() if k not in set(PAPER_DATASETS.values())}
+        return {**model_level, **self.paper.get(self.paper_dataset, {})} if self.paper_dataset else model_level
+
     def paper_value(self, section: str, key: str, task: str | None = None):
-        """The paper's value for this model (None where the paper has none); per-task tables
-        (`{ localization = ..., classification = ... }`) are read with `task`."""
-        value = self.paper.get(section, {}).get(key)
+        """The paper's value for this model on the bound dataset (None where the paper has none); per-task
+        tables (`{ localization = ..., classification = ... }`) are read with `task`."""
+        value = self.paper_sections().get(section, {}).get(key)
         if task is not None and isinstance(value, dict):
             return value.get(task)
         return value
@@ -68,6 +80,9 @@ class Profile:
 
 
 SHARED_FINDINGS = "_findings.toml"
+# A dataset's recorded source -> the paper's table set measured on it (COCO-ReM corrects COCO val's masks:
+# the paper's COCO tables are measured on it). Sources not listed (synthetic, unknown) have no paper table.
+PAPER_DATASETS = {"coco": "coco", "coco-rem": "coco", "voc": "voc"}
 
 
 def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
@@ -86,6 +101,7 @@ def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
             values.update({key: None for key, value in values.items() if value == "all"})
         data["claims"] = claims
         profile = Profile(**data)
+        profile = profile.for_dataset(profile.default_dataset)  # until a run binds its own dataset
         if profile.name != path.stem:
             raise ValueError(f"{path}: profile name {profile.name!r} must match the file name")
         profiles[profile.name] = profile

@@ -309,11 +309,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         profile = callspec.params["profile"]
         item.user_properties.append((rec.PROFILE, profile.name))
         item.user_properties.append((rec.CLAIM, _describe_claim(item)))
-        contradiction = profile.paper.get("contradicts", {}).get(getattr(item, "originalname", item.name))
+        bound = profile.for_dataset(dataset_source(config, profile))
+        contradiction = bound.paper_sections().get("contradicts", {}).get(getattr(item, "originalname", item.name))
         if contradiction:  # measured and reported like any claim, but its failure is what the paper's table says
             item.user_properties.append((rec.CONTRADICTED, contradiction))
             item.add_marker(pytest.mark.xfail(reason=f"contradicted by the paper's own numbers: {contradiction}",
                                               strict=False))
+
+
+def dataset_source(config: pytest.Config, profile: Profile) -> str | None:
+    """The recorded source of the run's dataset for this profile (which of the paper's tables apply):
+    --dataset, else the profile's default. "coco" (the paper profiles' default) cannot be loaded here;
+    its source is COCO by definition."""
+    spec = config.getoption("vlm_dataset") or profile.default_dataset
+    if spec == "coco":
+        return "coco"
+    from mechanisms.data import DatasetError, resolve_dataset
+
+    datasets = config.stash[SESSION].datasets
+    if spec not in datasets:
+        try:
+            datasets[spec] = resolve_dataset(spec)
+        except (DatasetError, OSError, ValueError):
+            return None  # the dataset fixture reports it
+    return datasets[spec].source
 
 
 def _describe_claim(item: pytest.Item) -> dict:
@@ -368,7 +387,8 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
     session = request.config.stash[SESSION]
     explicit = session.model_paths.get(profile.name, session.model_paths.get(None))
     device = _worker_device(request.config)
-    key = (profile.name, explicit, device)
+    profile = profile.for_dataset(dataset_source(request.config, profile))  # the paper's tables for this dataset
+    key = (profile.name, explicit, device, profile.paper_dataset)
     if key not in session.models:
         try:
             checkpoint = resolve_checkpoint(profile, explicit)

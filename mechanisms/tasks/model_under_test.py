@@ -65,7 +65,8 @@ class VLM:
             notes["reference_images_note"] = (
                 "ablated tokens were replaced by the mean over a synthetic image pool; the paper averages over "
                 "ImageNet val: pass --reference-images /path/to/imagenet/val (or the evaluation set's images)")
-        return {**notes, "profile": self.profile.name, "family": self.profile.family, "checkpoint": str(self.checkpoint),
+        return {**notes, "profile": self.profile.name, "family": self.profile.family,
+                "paper_tables": self.profile.paper_dataset, "checkpoint": str(self.checkpoint),
                 "fingerprint": self.fingerprint, "dtype": str(self.adapter.model.dtype).removeprefix("torch."),
                 "device": self.device, "system_prompt": self.adapter.system_prompt,
                 "reference_images": self.reference_images}
