@@ -129,7 +129,7 @@ def test_knocking_out_the_padding_too_costs_localization_more(vlm, dataset, clai
 
     Per object and group (the first group size): drop with the object and one ring blocked minus drop with
     the object alone, averaged over the groups.
-    Paper: Figure 12 caption
+    Paper: §3.3.1, Figure 12 caption
     """
     settings = vlm.profile.claims["knockout"]
     scores, groups, first = _knockout(vlm, dataset, claim)

@@ -72,3 +72,47 @@ def test_rows_recorded_by_two_claims_appear_once():
     entry = _entry()
     twice = build_report("tiny_llava", [entry, {**entry, "nodeid": entry["nodeid"] + "2"}], seed=0, run={})
     assert [r["strategy"] for r in twice["tables"]["table1"]["rows"]] == ["Baseline", "Object"]
+
+
+def _claim(title, reference, outcome, expectations=(), measurements=(), reason=None):
+    return {"nodeid": f"claims/x.py::test_{len(title)}", "title": title, "reference": reference, "outcome": outcome,
+            "expectations": list(expectations), "measurements": list(measurements), "notes": [], "tables": [],
+            **({"reason": reason} if reason else {})}
+
+
+def test_the_summary_reads_in_the_papers_order_with_the_deciding_effect():
+    """Claims by paper section (not file name); a failing claim shows what failed it, a holding one its own
+    effect (not the competence precondition), a skipped one why; the forest plot has the measured ones."""
+    from mechanisms.reports.figures import forest_png
+    from mechanisms.reports.report import forest_points, summary_rows
+
+    def expectation(name, observed, threshold, passed):
+        return {"statement": name, "measurement": name, "bound": "ci_low", "observed": observed, "comparison": ">=",
+                "threshold": threshold, "margin": observed - threshold, "passed": passed,
+                "verdict": "holds" if passed else "does not hold"}
+
+    def measurement(name, value, paper=None):
+        return {"name": name, "value": value, "ci_low": value - 0.01, "ci_high": value + 0.01, "n": 10,
+                "paper": paper}
+
+    claims = [
+        _claim("Heads", "§3.3.2, Figure 4", "failed", [expectation("share", 0.2, 0.5, False),
+                                                       expectation("other", 0.9, 0.1, True)],
+               [measurement("share", 0.21, paper=0.8), measurement("other", 0.91)]),
+        _claim("Views", "§3.1.2, Table 3", "skipped", reason="this model sees each image through a single view"),
+        _claim("Ablation", "§3.1, Table 1", "passed", [expectation("localization_baseline", 0.41, 0.4, True),
+                                                       expectation("excess", 0.3, 0.1, True)],
+               [measurement("localization_baseline", 0.42), measurement("excess", 0.31)]),
+        _claim("Baseline", "Table 1, Baseline row", "passed", [expectation("score", 0.5, 0.4, True)],
+               [measurement("score", 0.51)]),
+    ]
+    report = {"claims": claims}
+    rows = summary_rows(report)
+    assert [r["finding"] for r in rows] == ["Baseline", "Ablation", "Views", "Heads"]
+    assert rows[1]["effect"].startswith("excess = 0.310")  # not the baseline precondition
+    assert rows[2]["verdict"].startswith("– skipped") and "single view" in rows[2]["reason"]
+    assert rows[3]["effect"].startswith("share = 0.210") and rows[3]["paper"] == "0.800"
+    assert rows[3]["threshold"] == "ci_low >= 0.500"
+    points = forest_points(report)
+    assert [p["verdict"] for p in points] == ["holds", "holds", "does not hold"]
+    assert forest_png(points).startswith(b"\x89PNG")

@@ -82,3 +82,46 @@ def figure_png(table: dict) -> bytes:
     fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
+
+
+VERDICT_COLOURS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:orange",
+                   "contradicted": "tab:purple"}
+
+
+def forest_png(points: list[dict]) -> bytes:
+    """The whole suite at a glance: each claim's deciding effect with its 95 % interval, as its distance
+    from the threshold on the passing side (0 = the threshold; right of it holds), the paper's value for
+    the same measurement as a diamond, colour by verdict. `points`: label, value, ci_low, ci_high,
+    threshold, comparison, paper (number or None), verdict."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def passing_side(p, x):
+        return x - p["threshold"] if p["comparison"] == ">=" else p["threshold"] - x
+
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(points) + 1.4), dpi=100)
+    for y, p in enumerate(reversed(points)):
+        ends = sorted((passing_side(p, p["ci_low"]), passing_side(p, p["ci_high"])))
+        colour = VERDICT_COLOURS.get(p["verdict"], "grey")
+        ax.plot(ends, [y, y], color=colour, linewidth=2)
+        ax.plot([passing_side(p, p["value"])], [y], "o", color=colour, markersize=5)
+        if isinstance(p.get("paper"), (int, float)):
+            ax.plot([passing_side(p, p["paper"])], [y], "D", color="black", markersize=4, fillstyle="none")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(points)), [p["label"] for p in reversed(points)], fontsize=7)
+    ax.set_xlabel("deciding effect minus its threshold, passing side to the right (fractions; layers for locations)",
+                  fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="-", label=v) for v, c in VERDICT_COLOURS.items()]
+    handles.append(plt.Line2D([], [], color="black", marker="D", fillstyle="none", linestyle="", label="paper"))
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.set_title("Every claim's deciding effect against its threshold", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from mechanisms.reports.figures import figure_png
+from mechanisms.reports.figures import figure_png, forest_png
 from mechanisms.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pycocotools", "pandas", "pytest", "pytest-xdist")
@@ -119,6 +119,9 @@ def write_report(report_dir: Path, report: dict) -> Path:
         atomic_write_text(folder / "tables" / f"{name}.csv", table_csv(table))
         if table.get("figure"):
             atomic_write_bytes(folder / "figures" / f"{name}.png", figure_png(table))
+    points = forest_points(report)
+    if points:
+        atomic_write_bytes(folder / "figures" / "summary_forest.png", forest_png(points))
     atomic_write_text(folder / "REPORT.md", render_markdown(report))
     return folder
 
@@ -185,20 +188,15 @@ def render_markdown(report: dict) -> str:
     lines.append(f"- **Seed**: {report['seed']}; packages: "
                  + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
     lines.append("- **Outcomes**: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))
+    lines += [""] + render_summary(report)
     if report.get("tables"):
         lines += ["", "## Tables and figures", "",
                   "Measured on this model; `paper` columns are the paper's values for the same model where it has "
                   "them. CSVs under `tables/`.", ""]
         for name, table in report["tables"].items():
             lines += render_table(name, table)
-    lines += ["", "| claim | outcome | key measurement |", "|---|---|---|"]
-    for entry in report["claims"]:
-        first = entry["measurements"][0] if entry["measurements"] else None
-        key = (f"{first['name']} = {_fmt(first['value'])} [{_fmt(first['ci_low'])}, {_fmt(first['ci_high'])}]"
-               if first else entry.get("reason", "")[:120])
-        lines.append(f"| {entry['title']} | {entry['outcome'].upper()} | {key} |")
-    for entry in report["claims"]:
-        lines += ["", f"## {entry['title']} — {entry['outcome'].upper()}", ""]
+    for index, entry in enumerate(report["claims"]):
+        lines += ["", f'<a id="claim-{index + 1}"></a>', "", f"## {entry['title']} — {entry['outcome'].upper()}", ""]
         if entry.get("reference"):
             lines.append(f"*Paper reference: {entry['reference']}*  ")
         lines.append(f"`{entry['nodeid']}`")
@@ -233,6 +231,88 @@ def render_markdown(report: dict) -> str:
                 else:
                     lines.append(f"- {key}: {value}")
     return "\n".join(lines) + "\n"
+
+
+def paper_section(reference: str) -> tuple:
+    """Sort key of a claim by the paper section its reference names first ("§3.1.2" -> (3, 1, 2)); a claim
+    citing no section (the baseline, Table 1's first row) comes first."""
+    import re
+
+    found = re.search(r"§(\d+(?:\.\d+)*)", reference or "")
+    return tuple(int(x) for x in found.group(1).split(".")) if found else (0,)
+
+
+def deciding_expectation(entry: dict) -> dict | None:
+    """The expectation that decided the verdict: of a claim that does not hold, the one failing by most;
+    of one that holds, the finding's own effect with the smallest margin (the baseline-competence
+    preconditions are not the finding)."""
+    expectations = entry.get("expectations") or []
+    failing = [e for e in expectations if e.get("verdict", "holds" if e["passed"] else "does not hold") != "holds"]
+    own = [e for e in expectations if not e["measurement"].endswith("_baseline")]
+    return min(failing or own or expectations, key=lambda e: e["margin"], default=None)
+
+
+MARKS = {"passed": "✓ holds", "failed": "✗ does not hold", "inconclusive": "? inconclusive",
+         "skipped": "– skipped", "contradicted": "✗ contradicted by the paper", "error": "! error"}
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per claim in the paper's order: finding, verdict, the deciding effect with its interval,
+    the threshold it was held to, the paper's value for it (where the paper has one)."""
+    rows = []
+    ordered = sorted(enumerate(report["claims"]), key=lambda ie: (paper_section(ie[1].get("reference", "")), ie[0]))
+    for index, entry in ordered:
+        decisive = deciding_expectation(entry)
+        measured = {m["name"]: m for m in entry.get("measurements", [])}
+        m = measured.get(decisive["measurement"]) if decisive else None
+        rows.append({
+            "anchor": f"claim-{index + 1}", "section": ".".join(map(str, paper_section(entry.get("reference", ""))))
+            if paper_section(entry.get("reference", "")) != (0,) else "", "finding": entry["title"],
+            "verdict": MARKS.get(entry["outcome"], entry["outcome"]),
+            "effect": None if m is None else f"{decisive['measurement']} = {_fmt(m['value'])} "
+                                             f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]",
+            "threshold": None if decisive is None else f"{decisive['bound']} {decisive['comparison']} "
+                                                       f"{_fmt(decisive['threshold'])}",
+            "paper": None if m is None or m.get("paper") is None else format_paper(m["paper"]),
+            "reason": entry.get("reason") if entry["outcome"] in ("skipped", "error", "contradicted") else None})
+    return rows
+
+
+def forest_points(report: dict) -> list[dict]:
+    """The summary's measured rows as points of the forest plot (claims with a deciding measurement)."""
+    points = []
+    for row, entry in zip(summary_rows(report), _in_paper_order(report)):
+        decisive = deciding_expectation(entry)
+        measured = {m["name"]: m for m in entry.get("measurements", [])}
+        m = measured.get(decisive["measurement"]) if decisive else None
+        if m is None or any(v is None or v != v for v in (m["value"], m["ci_low"], m["ci_high"])):
+            continue
+        verdict = {"passed": "holds", "failed": "does not hold"}.get(entry["outcome"], entry["outcome"])
+        points.append({"label": f"{row['section'] or '2.3'} {row['finding'][:60]}", "value": m["value"],
+                       "ci_low": m["ci_low"], "ci_high": m["ci_high"], "threshold": decisive["threshold"],
+                       "comparison": decisive["comparison"], "paper": m.get("paper"), "verdict": verdict})
+    return points
+
+
+def _in_paper_order(report: dict) -> list[dict]:
+    return [e for _, e in sorted(enumerate(report["claims"]),
+                                 key=lambda ie: (paper_section(ie[1].get("reference", "")), ie[0]))]
+
+
+def render_summary(report: dict) -> list[str]:
+    lines = ["## Summary: which findings hold here", "",
+             "In the paper's order. The deciding effect is the expectation with the smallest margin, with its "
+             "95 % interval; `paper` is the paper's value for that measurement on this model, where it has one.",
+             "", "| § | finding | verdict | deciding effect [95 % CI] | threshold | paper |", "|---|---|---|---|---|---|"]
+    for row in summary_rows(report):
+        effect = row["effect"] or (row["reason"] or "")[:160]
+        if row["effect"] and row["reason"]:
+            effect += f" ({row['reason'][:120]})"
+        lines.append(f"| {row['section']} | [{row['finding']}](#{row['anchor']}) | {row['verdict']} | {effect} | "
+                     f"{row['threshold'] or '–'} | {row['paper'] or '–'} |")
+    if forest_points(report):
+        lines += ["", "![every claim's deciding effect against its threshold](figures/summary_forest.png)"]
+    return lines
 
 
 def terminal_rows(report: dict) -> list[str]:
