@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+CLIP_PERCENTILE = 99.0  # diverging heatmaps: colour scale up to this percentile of |value|, beyond it named
+
+
+def _axis(values: set) -> list:
+    """Heatmap axis ticks: numerically ordered when they are numbers (layer 2 before layer 10)."""
+    return sorted(values) if all(isinstance(v, (int, float)) for v in values) else sorted(values, key=str)
+
+
 def figure_png(table: dict) -> bytes:
     """Draw a table as its `figure` spec says: a heatmap (x, y, value[, std]), lines (x, y, series), or
     grouped bars (x, y, series[, panel])."""
@@ -16,8 +24,8 @@ def figure_png(table: dict) -> bytes:
 
     spec, rows = table["figure"], table["rows"]
     if spec["kind"] == "heatmap":
-        ys = sorted({r[spec["y"]] for r in rows}, key=str)
-        xs = sorted({r[spec["x"]] for r in rows}, key=str)
+        ys = _axis({r[spec["y"]] for r in rows})
+        xs = _axis({r[spec["x"]] for r in rows})
         values = np.full((len(ys), len(xs)), np.nan)
         stds = np.zeros_like(values)
         for r in rows:
@@ -27,8 +35,16 @@ def figure_png(table: dict) -> bytes:
         finite = values[np.isfinite(values)]
         low = min(0.0, float(finite.min())) if finite.size else 0.0
         high = max(1e-9, float(finite.max())) if finite.size else 1.0
-        if spec.get("centered"):  # diverging values (e.g. MF): zero in the middle of the colour scale
-            low, high = -max(abs(low), high), max(abs(low), high)
+        clipped_note = ""
+        if spec.get("centered"):  # diverging values (e.g. MF): zero in the middle, robust to one outlier head
+            scale = float(np.percentile(np.abs(finite), CLIP_PERCENTILE, method="lower")) if finite.size else 1.0
+            scale = scale if scale > 0 else max(abs(low), high)
+            low, high = -scale, scale
+            outside = [(ys[i], xs[j], values[i, j]) for i, j in zip(*np.where(np.abs(np.nan_to_num(values)) > scale))]
+            if outside:
+                named = ", ".join(f"{y}/{x} = {v:.2f}" for y, x, v in sorted(outside, key=lambda o: -abs(o[2]))[:4])
+                clipped_note = (f"\ncolour clipped at ±{scale:.3g} (the {CLIP_PERCENTILE:g}th percentile of |value|); "
+                                f"{len(outside)} beyond: {named}" + (" …" if len(outside) > 4 else ""))
         image = ax.imshow(values, cmap=spec.get("cmap", "Blues"), vmin=low, vmax=high, aspect="auto")
         if len(xs) * len(ys) <= 64:
             for i in range(len(ys)):
@@ -76,7 +92,7 @@ def figure_png(table: dict) -> bytes:
     if spec["kind"] != "bars":  # bars label each panel themselves
         ax.set_xlabel(spec.get("xlabel", spec["x"]))
         ax.set_ylabel(spec.get("ylabel", spec.get("y", "")))
-        ax.set_title(table.get("title", ""), fontsize=9)
+        ax.set_title(table.get("title", "") + (clipped_note if spec["kind"] == "heatmap" else ""), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
