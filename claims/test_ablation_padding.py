@@ -35,19 +35,13 @@ def _padding_effects(vlm, dataset, claim):
 def _record_drop(claim, effects, task, condition, profile):
     """The condition's accuracy and its drop from baseline, named by its paper key (e.g. `object-1`)."""
     section, key = condition.paper
-    paper_base, paper = profile.paper_value("ablation", "baseline", task), profile.paper_value(section, key, task)
-    claim.measure(f"{task}_{key}", effects.of(task, condition), paper=paper)
+    claim.measure(f"{task}_{key}", effects.of(task, condition), paper=profile.paper_value(section, key, task))
     return claim.measure(f"{task}_drop_{key}", effects.drop(task, condition),
-                         paper=None if paper is None else round(paper_base - paper, 4))
-
-
-def _paper_drop(profile, task, condition):
-    base, value = profile.paper_value("ablation", "baseline", task), profile.paper_value(*condition.paper, task)
-    return None if base is None or value is None else base - value
+                         paper=profile.paper_drop(section, key, task))
 
 
 def _paper_ratio(profile, task, condition, reference):
-    drop, ref = _paper_drop(profile, task, condition), _paper_drop(profile, task, reference)
+    drop, ref = profile.paper_drop(*condition.paper, task), profile.paper_drop(*reference.paper, task)
     return None if drop is None or not ref else round(drop / ref, 4)
 
 

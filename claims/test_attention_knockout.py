@@ -12,6 +12,7 @@ import pytest
 
 from mechanisms.experiments.knockout_sweep import BASELINE, consecutive_groups, knockout_answers, layer_groups
 from mechanisms.experiments.token_effects import expect_competence
+from mechanisms.models import sites
 from mechanisms.models.sites import ALL_LAYERS
 from mechanisms.tasks.specs import BOX, LIST, TASKS
 
@@ -232,30 +233,31 @@ def test_the_worst_knockout_layers_retain_strong_positional_information(vlm, dat
     settings = vlm.profile.claims["knockout"]
     if not settings["probe_alignment"]:
         pytest.skip(f"the paper states this alignment for the LLaVA models only ({vlm.profile.name} is not one)")
-    from mechanisms.models import sites
-
     scores, groups, first = _knockout(vlm, dataset, claim)
     llm = probes.stages(sites.LLM)
     probe_layers = np.asarray([sites.layer_of(s) for s in llm])
-    accuracy = np.stack([probes.results[s].per_image() for s in llm], axis=1)
+    accuracy = np.stack([probes.results[s].per_image() for s in llm], axis=1)  # [images, LM layers]
     centres = _centres(groups, first)
     loc = scores["localization"]
-    knock = np.stack([loc[BASELINE], *[loc[n] for n in first]], axis=1)
+    knock = np.stack([loc[BASELINE], *[loc[n] for n in first]], axis=1)  # [objects, baseline + groups]
+
+    def peak_layer(acc):
+        return float(probe_layers[int(np.argmax(acc.mean(0)))])
+
+    def worst_centre(kn):
+        return _worst_centre(centres, kn[:, 0], list(kn[:, 1:].T))
 
     def distance(acc, kn):
-        peak = probe_layers[int(np.argmax(acc.mean(0)))]
-        return abs(float(peak) - _worst_centre(centres, kn[:, 0], list(kn[:, 1:].T)))
+        return abs(peak_layer(acc) - worst_centre(kn))
 
     _expect_a_drop_to_locate(claim, vlm.profile, loc[BASELINE], [loc[n] for n in first])
-    gain = claim.difference("probe_peak_minus_projector_accuracy",
-                            probes.results[llm[int(np.argmax([probes.results[s].accuracy for s in llm]))]].per_image(),
+    gain = claim.difference("probe_peak_minus_projector_accuracy", accuracy[:, int(np.argmax(accuracy.mean(0)))],
                             probes.results[sites.PROJECTOR].per_image())
     claim.expect_at_least(gain, vlm.profile.claims["probing"]["min_llm_gain_over_projector"],
                           "the LM rebuilds position to a peak (else its argmax is noise)")
-    claim.statistic("probe_peak_layer", lambda acc: float(probe_layers[int(np.argmax(acc.mean(0)))]), [accuracy],
+    claim.statistic("probe_peak_layer", peak_layer, [accuracy],
                     paper=vlm.profile.paper_value("probing", "peak_llm_layer"), unit="layer")
-    claim.statistic("worst_knockout_group_centre_layer", lambda kn: _worst_centre(centres, kn[:, 0], list(kn[:, 1:].T)),
-                    [knock], unit="layer")
+    claim.statistic("worst_knockout_group_centre_layer", worst_centre, [knock], unit="layer")
     gap = claim.unpaired_statistic("probe_peak_to_worst_knockout_group_layers", distance, [accuracy, knock],
                                    unit="layers")
     claim.expect_at_most(gap, settings["group_sizes"][0],

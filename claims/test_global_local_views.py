@@ -54,14 +54,13 @@ def removing_global_view_object_tokens_hurts_localization_more_than_local(claim,
         paper_base = profile.paper_value(*BASELINE.paper, task)
         claim.measure(f"{task}_baseline", effects.of(task, BASELINE), paper=paper_base)
         for view in ("global", "local"):
-            paper = profile.paper_value(*_ablated(view).paper, task)
             claim.measure(f"{task}_drop_{view}_only", effects.drop(task, _ablated(view)),
-                          paper=paper and round(paper_base - paper, 4))
-    paper_g, paper_l = (profile.paper_value(*_ablated(v).paper, "localization") for v in ("global", "local"))
+                          paper=profile.paper_drop(*_ablated(view).paper, task))
+    drop_g, drop_l = (profile.paper_drop(*_ablated(v).paper, "localization") for v in ("global", "local"))
     gap = claim.difference("localization_drop_global_minus_local",
                            effects.drop("localization", _ablated("global")),
                            effects.drop("localization", _ablated("local")),
-                           paper=paper_g and round(paper_l - paper_g, 4),
+                           paper=None if drop_g is None or drop_l is None else round(drop_g - drop_l, 4),
                            description="drop(global-view object tokens) - drop(local-view object tokens), per object")
     claim.expect_at_least(gap, profile.claims["views"]["min_global_minus_local_localization"],
                           "removing global-view object tokens hurts localization more than removing local-view ones")
@@ -113,11 +112,8 @@ def the_two_views_are_synergistic_not_redundant(claim, profile, effects):
 
 
 def _paper_drops(profile, task: str) -> dict | None:
-    base = profile.paper_value(*BASELINE.paper, task)
-    values = {v: profile.paper_value(*_ablated(v).paper, task) for v in VIEWS}
-    if base is None or any(x is None for x in values.values()):
-        return None
-    return {v: base - x for v, x in values.items()}
+    drops = {v: profile.paper_drop(*_ablated(v).paper, task) for v in VIEWS}
+    return None if any(x is None for x in drops.values()) else drops
 
 
 def _record_tables(vlm, dataset, claim, samples, effects, paddings):

@@ -35,12 +35,10 @@ def _shuffled(vlm, dataset, claim):
 
 def _record(claim, profile, effects, shuffles, seeds, task, which):
     group = shuffles[which]
-    paper = profile.paper_value(*group[0].paper, task)
-    base = profile.paper_value("ablation", "baseline", task)
-    claim.measure(f"{task}_{which}_shuffle", effects.of(task, group), paper=paper,
+    claim.measure(f"{task}_{which}_shuffle", effects.of(task, group), paper=profile.paper_value(*group[0].paper, task),
                   seed_std=effects.seed_std(task, group), seeds=seeds)
     return claim.difference(f"{task}_drop_{which}_shuffle", effects.of(task, BASELINE), effects.of(task, group),
-                            paper=paper and round(base - paper, 4))
+                            paper=profile.paper_drop(*group[0].paper, task))
 
 
 def test_shuffling_inside_the_object_keeps_localization_while_a_full_shuffle_destroys_it(vlm, dataset, claim):
@@ -100,12 +98,8 @@ def classification_is_unaffected_by_either_shuffle(claim, profile, effects, shuf
                            paper=_paper_ratio(profile, "classification", shuffles[which]))
 
 
-def _paper_drop(profile, task, conditions):
-    base, value = profile.paper_value("ablation", "baseline", task), profile.paper_value(*conditions[0].paper, task)
-    return None if base is None or value is None else base - value
-
-
 def _paper_ratio(profile, task, conditions):
     """The paper's `task` drop under `conditions` over its localization drop under the full shuffle."""
-    drop, reference = _paper_drop(profile, task, conditions), _paper_drop(profile, "localization", [full_shuffle(0)])
+    drop = profile.paper_drop(*conditions[0].paper, task)
+    reference = profile.paper_drop(*full_shuffle(0).paper, "localization")
     return None if drop is None or not reference else round(drop / reference, 4)

@@ -74,6 +74,12 @@ class Profile:
             return value.get(task)
         return value
 
+    def paper_drop(self, section: str, key: str, task: str):
+        """The paper's drop from its baseline under a condition (baseline - value), None where it has either
+        missing."""
+        base, value = self.paper_value("ablation", "baseline", task), self.paper_value(section, key, task)
+        return None if base is None or value is None else round(base - value, 4)
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
