@@ -81,6 +81,27 @@ def test_teacher_forced_box_answer_and_its_scored_tokens(adapters, name, total, 
     assert BINARY.scored_tokens(adapter, yes_inputs["input_ids"][0, yes_span]).all()
 
 
+@pytest.mark.parametrize("name", ["llava7b", "llava13b", "internvl8b"])
+@pytest.mark.parametrize("category, classes", [("dog", ["cat", "dog", "person"]), ("hot dog", ["person", "hot dog"]),
+                                               ("cat", ["cat", "dog"])])
+def test_ig_attributes_the_class_inside_a_list_answer_with_the_real_tokenizers(adapters, name, category, classes):
+    """Classification IG teacher-forces "cat, dog" and attributes only "dog": with the real SentencePiece and
+    Qwen BPE tokenizers the earlier classes tokenize as a prefix, and the attributed tokens are the class."""
+    from types import SimpleNamespace
+
+    from mechanisms.experiments.attribution import _teacher_forced
+    from mechanisms.tasks.specs import LIST
+
+    adapter = adapters[name]
+    sample = SimpleNamespace(category=category, image_id=1)
+    dataset = SimpleNamespace(classes_in_image=lambda image_id: classes)
+    image = Image.new("RGB", (640, 480))
+    inputs, span, scored = _teacher_forced(adapter, dataset, sample, LIST, image, "List all objects in the image.")
+    answer_ids = inputs["input_ids"][0, span]
+    assert adapter.tokenizer.decode(answer_ids[scored]).strip() == category
+    assert scored[-1] and (not scored[0] or classes.index(category) == 0)
+
+
 @pytest.mark.parametrize("written, box", [
     ("<ref>dog</ref><box>[[120, 340, 560, 780]]</box>", (0.12, 0.34, 0.56, 0.78)),
     ("<box>[[120, 340, 560, 780]]</box>", (0.12, 0.34, 0.56, 0.78)),
