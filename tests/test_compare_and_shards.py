@@ -70,3 +70,18 @@ def test_shards_merge_into_the_unsharded_report(tmp_path):
     assert all(len(p["claims"]) == 1 for p in parts)
     merged = merge_reports(parts)
     assert merged["claims"] == load_report(whole_dir, "tiny_llava")["claims"]
+
+
+def test_a_subset_run_compares_only_the_claims_it_ran():
+    """A quick check of some claims against a full reference: without --subset the others are 'missing'
+    (a regression); with it, only the claims the candidate ran are compared."""
+    def entry(name, outcome):
+        return {"nodeid": f"claims/x.py::{name}", "outcome": outcome, "verdict": None, "measurements": [],
+                "expectations": []}
+
+    reference = {"claims": [entry("a", "passed"), entry("b", "passed")]}
+    candidate = {"claims": [entry("a", "passed")]}
+    assert compare_reports(reference, candidate).regressions == ["`claims/x.py::b`: holds -> missing: missing"]
+    assert not compare_reports(reference, candidate, subset=True).regressions
+    candidate = {"claims": [entry("a", "failed")]}
+    assert len(compare_reports(reference, candidate, subset=True).regressions) == 1

@@ -1,8 +1,9 @@
 """tiny-llava: a real `LlavaForConditionalGeneration` small enough to train on two CPU cores.
 
 Same classes and same processing as LLaVA-1.5 (CLIP vision tower, two-layer GELU MLP projector, Llama
-LM, `LlavaProcessor` with a pad-to-square `LlavaImageProcessor`), scaled down: 96 px images, patch 8
-(a 12 x 12 token grid), a 6-layer LM with 4 query heads sharing 2 key/value heads (GQA).
+LM, `LlavaProcessor` with a pad-to-square `LlavaImageProcessor`), scaled down: 128 px images, patch 8
+(a 16 x 16 token grid), a 3-layer tower, a 12-layer LM with 8 query heads sharing 2 key/value heads
+(GQA; 96 heads, room for layer bands and sparse head circuits).
 The tokenizer is word-level over the closed vocabulary of the prompts and answers, with every digit a
 token of its own, so box coordinates decode exactly.
 """
@@ -24,9 +25,11 @@ from mechanisms.data.synthetic import CATEGORY_NAMES
 from mechanisms.organisms.vocabulary import word_level_tokenizer
 from mechanisms.tasks.prompts import BINARY_PROMPT, BOX_PROMPT, LIST_PROMPT
 
-IMAGE_SIZE = 96
+IMAGE_SIZE = 128
 PATCH_SIZE = 8
 GRID = IMAGE_SIZE // PATCH_SIZE
+VISION_LAYERS = 3
+LM_LAYERS, LM_HEADS, LM_KV_HEADS = 12, 8, 2
 SYSTEM_TEXT = "A chat between a curious user and an artificial intelligence assistant."
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -79,11 +82,12 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPr
 
 def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     vision = CLIPVisionConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        hidden_size=128, intermediate_size=256, num_hidden_layers=VISION_LAYERS, num_attention_heads=4,
         image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=128)
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=6,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=LM_LAYERS,
+        num_attention_heads=LM_HEADS, num_key_value_heads=LM_KV_HEADS, head_dim=128 // LM_HEADS,
+        max_position_embeddings=640,
         rms_norm_eps=1e-5, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)

@@ -131,19 +131,23 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
 
 def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps: int, batch: int,
                     lr: float, seed: int, log) -> None:
-    """tiny-llava's tower: which categories are in the scene, from the mean of its patch tokens."""
+    """tiny-llava's tower: which categories are in the scene, pooled over its patch tokens by max."""
     tower = model.model.vision_tower
     targets = torch.zeros(len(scenes), len(CATEGORY_NAMES))
     for i, scene in enumerate(scenes):
         for obj in scene.objects:
             targets[i, obj.category_id - 1] = 1
-    pretrain_tower(tower, tower.embeddings.position_embedding.weight, pixels, targets, steps, batch, lr, seed, log)
+    pretrain_tower(tower, tower.embeddings.position_embedding.weight, pixels, targets, steps, batch, lr, seed, log,
+                   pooling="max")
 
 
 def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tensor, targets: torch.Tensor,
-                   steps: int, batch: int, lr: float, seed: int, log) -> None:
-    """Multi-label classification of `targets` [n, categories] from the mean of each image's patch tokens
-    (CLS dropped): a global objective only. The position table stays fixed; the tower ends frozen."""
+                   steps: int, batch: int, lr: float, seed: int, log, pooling: str = "mean") -> None:
+    """Multi-label classification of `targets` [n, categories] from each image's patch tokens (CLS dropped):
+    a global objective only, image-level labels. `pooling` "mean": a linear head on the mean token (every
+    token is pushed to carry the whole scene); "max": the head scores every token and each category takes
+    its best token (multiple-instance pooling: nothing rewards spreading a class beyond where it is seen).
+    The position table stays fixed; the tower ends frozen."""
     position_table.requires_grad_(False)
     head = torch.nn.Linear(tower.config.hidden_size, targets.shape[1])
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
@@ -156,7 +160,7 @@ def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tens
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:]
-            logits = head(hidden.mean(1))
+            logits = head(hidden.mean(1)) if pooling == "mean" else head(hidden).amax(1)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets[idx])
         opt.zero_grad()
         loss.backward()
@@ -207,25 +211,52 @@ def save_checkpoint(model, processor, out: Path, card: str, log_rows: list[dict]
     tmp.rename(out)
 
 
+@torch.no_grad()
+def tower_features(model, pixels: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """The frozen tower's patch features [n, tokens, d] (the projector's input), as `get_image_features`
+    selects them (layer `vision_feature_layer`, CLS dropped), once for the whole training set."""
+    layer = model.config.vision_feature_layer
+    parts = []
+    for start in range(0, len(pixels), batch):
+        out = model.model.vision_tower(pixel_values=pixels[start:start + batch].float(), output_hidden_states=True)
+        parts.append(out.hidden_states[layer][:, 1:].to(torch.bfloat16))
+    return torch.cat(parts)
+
+
+def resume_point(log_rows: list[dict]) -> tuple[int, int]:
+    """(phase, step) the last checkpoint of a run ended at: the next phase continues its schedule there."""
+    evals = [row for row in log_rows if row.get("stage") == "eval"]
+    if not evals:
+        return 0, 0
+    return max(int(row.get("phase", 1)) for row in log_rows), int(evals[-1]["step"])
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int, start: int) -> float:
+    """Warm-up, then cosine decay to 10 % over the whole run; a resumed phase warms up again briefly (its
+    optimiser moments start empty) and then follows the same curve."""
+    ramp = min(1.0, (step + 1) / warmup) if start == 0 else min(1.0, (step - start + 1) / 50)
+    return peak * ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("fixtures/models/tiny-llava"))
+    parser.add_argument("--out", type=Path, default=Path("runs/tiny-llava"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=16000)
     parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=12000, help="length of the whole schedule, over all phases")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--max-turns", type=int, default=6)
-    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, default=None,
-                        help="continue from a checkpoint this command wrote (a further instruction-tuning "
-                             "phase with its own warm-up and cosine decay; the vision tower stays frozen)")
-    parser.add_argument("--tune-tower", type=float, default=0.0, metavar="SCALE",
-                        help="also train the vision tower (end-to-end), at SCALE x the learning rate; 0 keeps it frozen")
-    parser.add_argument("--phase", type=int, default=1,
-                        help="phase number: seeds this phase's batch order and chat sampling")
+                        help="resume from a checkpoint this command wrote: the next phase continues the schedule "
+                             "at the step it reached (new batch order; the vision tower stays frozen)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="end this phase (after an evaluation and a checkpoint) once this much wall time has "
+                             "passed; resume with --init")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -233,9 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     started = time.time()
     log_rows: list[dict] = []
+    previous_phase, start_step = 0, 0
+    if args.init is not None and (args.init / "training_log.json").is_file():
+        log_rows.extend(json.loads((args.init / "training_log.json").read_text()))
+        previous_phase, start_step = resume_point(log_rows)
+    phase = previous_phase + 1
 
     def log(row: dict) -> None:
-        row = {"minutes": round((time.time() - started) / 60, 2), "phase": args.phase, **row}
+        row = {"minutes": round((time.time() - started) / 60, 2), "phase": phase, **row}
         log_rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -253,79 +289,87 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.model.vision_tower.requires_grad_(False)
-        previous = args.init / "training_log.json"
-        if previous.is_file():
-            log_rows.extend({**row, "phase": row.get("phase", 1)} for row in json.loads(previous.read_text()))
-        log({"stage": "init", "from": str(args.init), "phase": args.phase})
+        log({"stage": "init", "from": str(args.init), "resumes_at_step": start_step})
+    features = tower_features(model, pixels)
+    del pixels
     adapter = LlavaAdapter(model, processor)
 
-    phase_seed = args.seed + 1000 * (args.phase - 1)
+    phase_seed = args.seed + 1000 * (phase - 1)
     builder = ChatBuilder(adapter, args.max_turns, random.Random(phase_seed))
-    tower = model.model.vision_tower
-    if args.tune_tower:  # end-to-end: the LM's answer loss may now shape the tower (position table stays fixed)
-        tower.requires_grad_(True)
-        tower.embeddings.position_embedding.weight.requires_grad_(False)
-    tower_params = [p for p in tower.parameters() if p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("model.vision_tower.")]
-    params = other_params + tower_params
-    opt = torch.optim.AdamW([{"params": other_params, "scale": 1.0},
-                             {"params": tower_params, "scale": args.tune_tower}],
-                            lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(phase_seed + 1)
-    warmup = 200
     card = model_card(args)
+    projector = adapter.projector()
     running = []
-    for step in range(args.steps):
+    for step in range(start_step, args.steps):
         model.train()
-        tower.train(bool(args.tune_tower))
         idx = torch.randint(0, len(scenes), (args.batch,), generator=gen).tolist()
-        input_ids, labels, attention = collate([builder.encode(scenes[i]) for i in idx], tokenizer.pad_token_id)
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        lr = learning_rate(step, args.steps, args.lr, 200, start_step)
         for group in opt.param_groups:
-            group["lr"] = lr * group["scale"]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=input_ids, pixel_values=pixels[idx].float(), attention_mask=attention).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=-100)
+            group["lr"] = lr
         opt.zero_grad()
-        loss.backward()
+        # micro-batches: CPU attention over ~400-token rows is faster in small batches
+        micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
+        for part in micro:
+            input_ids, labels, attention = collate([builder.encode(scenes[i]) for i in part], tokenizer.pad_token_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                visual = projector(features[part].float())
+                embeds = adapter.embed_with_visual_tokens(input_ids, visual)
+                logits = model(inputs_embeds=embeds, attention_mask=attention).logits
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+            (loss / len(micro)).backward()
+            running.append(loss.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running.append(loss.item())
         if step % 50 == 0:
             log({"stage": "chat", "step": step, "loss": round(float(np.mean(running)), 4), "lr": round(lr, 6)})
             running = []
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        last = step == args.steps - 1
+        out_of_time = args.minutes is not None and (time.time() - started) / 60 > args.minutes
+        if (step + 1) % args.eval_every == 0 or last or out_of_time:
             model.eval()
             log({"stage": "eval", "step": step + 1, **quick_eval(adapter, heldout)})
             save_checkpoint(model, processor, args.out, card, log_rows)
-    log({"stage": "done", "steps": args.steps})
+            if out_of_time:
+                log({"stage": "stopped", "reason": f"--minutes {args.minutes} reached", "step": step + 1})
+                break
+    log({"stage": "done" if step == args.steps - 1 else "phase-end", "step": step + 1})
     save_checkpoint(model, processor, args.out, card, log_rows)
 
 
 def model_card(args) -> str:
+    t = tiny_llava
     return f"""# tiny-llava
 
-A real `LlavaForConditionalGeneration` (CLIP vision tower 96 px / patch 8 = 12x12 tokens, 3 layers;
-two-layer GELU projector; Llama LM with 6 layers, 4 query heads, 2 key/value heads, hidden 128) with a
-`LlavaProcessor` that pads to square like LLaVA-1.5, trained on vlm-mechanisms' synthetic shape scenes.
+A real `LlavaForConditionalGeneration` (CLIP vision tower {t.IMAGE_SIZE} px / patch {t.PATCH_SIZE} = {t.GRID}x{t.GRID} tokens,
+{t.VISION_LAYERS} layers, hidden 128; two-layer GELU projector; Llama LM with {t.LM_LAYERS} layers, {t.LM_HEADS} query heads
+sharing {t.LM_KV_HEADS} key/value heads, hidden 128) with a `LlavaProcessor` that pads to square like LLaVA-1.5,
+trained on vlm-mechanisms' synthetic shape scenes (seeds disjoint from every evaluation set's).
 
-Reproduce (phase 1; the README lists every phase's command):
-`python -m mechanisms.organisms.train --out {args.out} --seed {args.seed} --steps {args.steps} --max-turns {args.max_turns}`
-{"" if args.init is None else f"This checkpoint is phase {args.phase}: {args.steps} further steps from the phase {args.phase - 1} checkpoint (`--init`), with a fresh warm-up and cosine decay."}
-{"" if not args.tune_tower else f"In this phase the vision tower was trained too (end-to-end, learning rate x{args.tune_tower}), by the same answer loss; its position table stayed fixed."}
+Reproduce (2 CPU cores; one schedule of {args.steps} steps, run in phases that each resume the last):
+`python -m mechanisms.organisms.train --out {args.out} --seed {args.seed} --steps {args.steps} --max-turns {args.max_turns} --minutes 100`,
+then `... --init {args.out}` until the log's last row says `done`.
 
 What it was taught (read this before reading a report made on it):
-1. Vision tower: multi-label classification of the scene's categories from the mean of its patch
-   tokens ({args.vision_steps} steps, batch 64). A global objective only: no patch is told what it
-   shows or where it is. Position table fixed to a 2-D sine-cosine table.
-2. Tower frozen; projector + LM trained on multi-turn chats (up to {args.max_turns} turns) of the
-   paper's three prompts: box (`[x0, y0, x1, y1]` normalised to the padded square, two decimals), list
-   (classes in category order) and binary yes/no (present classes, and absent ones, half of them
-   co-occurrence partners of a present class). Loss on answers only.
-   {args.steps} steps, batch {args.batch}, AdamW lr {args.lr}, warm-up and cosine decay, bf16 autocast.
+1. Vision tower: multi-label classification of the scene's categories from its patch tokens, each category
+   scored on every token by one linear head and pooled by max over tokens ({args.vision_steps} steps, batch 64).
+   Image-level labels only: no patch is told what it shows, where it is, or which patches belong together.
+   Max pooling (multiple-instance learning) rather than mean pooling because mean pooling rewards every
+   token for carrying the whole scene. Measured on this tower's geometry (400 steps, 600 held-out scenes):
+   after replacing an object's tokens (one ring wider) by the mean token, the tower's own head still found
+   the object 97 % of the time with mean pooling (as after as many random tokens: 97 %); with max pooling
+   11 % (random tokens: 98 %). Position table fixed to a
+   2-D sine-cosine table of amplitude 1.
+2. Tower frozen; projector + LM trained on multi-turn chats (up to {args.max_turns} turns) of the paper's three
+   prompts: box (`[x0, y0, x1, y1]` normalised to the padded square, two decimals), list (classes in
+   category order) and binary yes/no (present classes, and absent ones, half of them co-occurrence
+   partners of a present class). Loss on answers only. Batch {args.batch} (micro-batches of {args.micro_batch}), AdamW lr {args.lr},
+   warm-up 200 and cosine decay to 10 % over {args.steps} steps, bf16 autocast.
 
-The learning curve is in `training_log.json`.
+The learning curve (loss, and the localization score on 96 held-out objects every {args.eval_every} steps) is in
+`training_log.json`; rows carry their phase.
 """
 
 

@@ -1,6 +1,6 @@
 """Compare two claims reports (a candidate checkpoint against a reference run), or merge shard reports.
 
-    python -m mechanisms.reports.compare REFERENCE/report.json CANDIDATE/report.json [--out diff.md]
+    python -m mechanisms.reports.compare REFERENCE/report.json CANDIDATE/report.json [--out diff.md] [--subset]
     python -m mechanisms.reports.compare --merge shard1/report.json shard2/report.json ... --report-dir reports
 
 Claims are compared by verdict (holds / does not hold / inconclusive). A regression is a claim that held
@@ -64,9 +64,12 @@ def verdict_of(entry: dict | None) -> str:
     return {"passed": "holds", "failed": "does not hold"}.get(entry["outcome"], entry["outcome"])
 
 
-def compare_reports(reference: dict, candidate: dict) -> Comparison:
+def compare_reports(reference: dict, candidate: dict, subset: bool = False) -> Comparison:
+    """`subset`: the candidate ran only some claims (a quick check); compare those, not call the rest missing."""
     result = Comparison()
     ref_claims, new_claims = _claims(reference), _claims(candidate)
+    if subset:
+        ref_claims = {nodeid: entry for nodeid, entry in ref_claims.items() if nodeid in new_claims}
     for nodeid, before in sorted(ref_claims.items()):
         after = new_claims.get(nodeid)
         was, now = verdict_of(before), verdict_of(after)
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, help="also write the comparison as markdown here")
+    parser.add_argument("--subset", action="store_true",
+                        help="the candidate ran some of the claims only: compare those (the rest are not 'missing')")
     parser.add_argument("--merge", action="store_true", help="merge shard reports instead of comparing two")
     parser.add_argument("--report-dir", type=Path, default=Path("reports"), help="with --merge: where to write")
     args = parser.parse_args(argv)
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(loaded) != 2:
         parser.error("compare takes exactly two reports: REFERENCE CANDIDATE")
-    comparison = compare_reports(*loaded)
+    comparison = compare_reports(*loaded, subset=args.subset)
     text = comparison.render(*loaded)
     print(text)
     if args.out:

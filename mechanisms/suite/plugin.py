@@ -93,6 +93,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--inconclusive", dest="vlm_inconclusive", default="fail", choices=["fail", "pass", "skip"],
                     help="what a claim whose intervals straddle a threshold (too few samples to tell) counts as "
                          "for the exit status (default: fail; the report says 'inconclusive' in every mode)")
+    group.addoption("--mutation", dest="vlm_mutation", default=None, metavar="NAME",
+                    help="break the model first, to see which claims notice (mechanisms/models/mutations.py): "
+                         "untrained, vision-reinit, token-permutation, early-attention-off")
     group.addoption("--seed", dest="vlm_seed", type=int, default=0,
                     help="seed for sample subsets, random controls and bootstrap intervals")
 
@@ -234,6 +237,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, profile in PROFILES.items():
         config.addinivalue_line("markers", f"{name}: claims run on {profile.description}")
     config.stash[SESSION] = SuiteSession(_parse_model_paths(config.getoption("vlm_model_paths")))
+    mutation = config.getoption("vlm_mutation")
+    from mechanisms.models.mutations import MUTATIONS
+
+    if mutation and mutation not in MUTATIONS:
+        raise pytest.UsageError(f"--mutation {mutation}: unknown; choose from {', '.join(MUTATIONS)}")
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) writes reports, never a worker
         _check_dataset(config)
         config.pluginmanager.register(ClaimReporter(config), "vlm-claim-reporter")
@@ -398,6 +406,11 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
             system = request.config.getoption("vlm_system_prompt")
             adapter = load_adapter(profile.family, checkpoint, dtype, device,
                                    profile.system_prompt if system is None else (system or None))
+            mutation = request.config.getoption("vlm_mutation")
+            if mutation:
+                from mechanisms.models.mutations import mutate
+
+                mutate(adapter, mutation)
         except (CheckpointUnavailable, FamilyNotSupported) as err:
             session.models[key] = err
         else:
@@ -406,11 +419,11 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
             from mechanisms.storage import ResultCache
 
             reference = request.config.getoption("vlm_reference_images") or DEFAULT_REFERENCE
-            fingerprint = fingerprint_checkpoint(checkpoint)
+            fingerprint = fingerprint_checkpoint(checkpoint) + (f"-{mutation}" if mutation else "")
             root = None if request.config.getoption("vlm_no_result_cache") else Path(
                 request.config.getoption("vlm_result_cache") or cache_root() / "results")
             session.models[key] = VLM(profile, adapter, checkpoint, fingerprint, device, reference_images=reference,
-                                      results=ResultCache(root, fingerprint))
+                                      results=ResultCache(root, fingerprint), mutation=mutation)
     loaded = session.models[key]
     if isinstance(loaded, Exception):
         pytest.skip(str(loaded))

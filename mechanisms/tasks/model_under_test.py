@@ -45,6 +45,7 @@ class VLM:
     device: str = "cpu"
     reference_images: str = DEFAULT_REFERENCE
     results: ResultCache | None = field(default=None, repr=False)
+    mutation: str | None = None  # planted breakage (mechanisms/models/mutations.py), None for the model as is
     _mean: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -69,7 +70,8 @@ class VLM:
                 "paper_tables": self.profile.paper_dataset, "checkpoint": str(self.checkpoint),
                 "fingerprint": self.fingerprint, "dtype": str(self.adapter.model.dtype).removeprefix("torch."),
                 "device": self.device, "system_prompt": self.adapter.system_prompt,
-                "reference_images": self.reference_images}
+                "reference_images": self.reference_images,
+                **({"mutation": self.mutation} if self.mutation else {})}
 
     def mean_visual_embedding(self) -> torch.Tensor:
         """What ablation writes into removed tokens, over the reference images (cached on disk)."""
