@@ -124,11 +124,14 @@ def _hashable(key):
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Hash of the library's source files and profiles (results of other code are never reused)."""
+    """Hash of the library's source files and profiles (results of other code are never reused). The model
+    organisms' training recipes (`organisms/`) are left out: they change checkpoints, which have their own
+    fingerprint, not what a measurement computes."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts:
+        if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts \
+                and path.relative_to(root).parts[0] != "organisms":
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -149,7 +149,7 @@ def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tens
     its best token (multiple-instance pooling: nothing rewards spreading a class beyond where it is seen).
     The position table stays fixed; the tower ends frozen."""
     position_table.requires_grad_(False)
-    head = torch.nn.Linear(tower.config.hidden_size, targets.shape[1])
+    head = torch.nn.Linear(tower.config.hidden_size, targets.shape[1]).to(pixels.device)
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
@@ -158,15 +158,15 @@ def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tens
         idx = torch.randint(0, len(pixels), (batch,), generator=gen)
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:]
+        with torch.autocast(pixels.device.type, dtype=torch.bfloat16):
+            hidden = tower(pixel_values=pixels[idx.to(pixels.device)].float()).last_hidden_state[:, 1:]
             logits = head(hidden.mean(1)) if pooling == "mean" else head(hidden).amax(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets[idx])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets[idx].to(logits.device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            acc = ((logits.float() > 0) == targets[idx].bool()).float().mean().item()
+            acc = ((logits.float() > 0) == targets[idx].to(logits.device).bool()).float().mean().item()
             log({"stage": "vision", "step": step, "loss": round(loss.item(), 4), "label_acc": round(acc, 4)})
     tower.eval()
     tower.requires_grad_(False)
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-turns", type=int, default=6)
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (minutes instead of hours)")
     parser.add_argument("--init", type=Path, default=None,
                         help="resume from a checkpoint this command wrote: the next phase continues the schedule "
                              "at the step it reached (new batch order; the vision tower stays frozen)")
@@ -284,13 +285,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = tiny_llava.build_tokenizer()
     processor = tiny_llava.build_processor(tokenizer)
     if args.init is None:
-        model = tiny_llava.build_model(args.seed, tokenizer)
-        pretrain_vision(model, pixels, scenes, args.vision_steps, 64, 2e-3, args.seed, log)
+        model = tiny_llava.build_model(args.seed, tokenizer).to(args.device)
+        pretrain_vision(model, pixels.to(args.device) if args.device != "cpu" else pixels, scenes, args.vision_steps,
+                        64, 2e-3, args.seed, log)
     else:
         model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.model.vision_tower.requires_grad_(False)
         log({"stage": "init", "from": str(args.init), "resumes_at_step": start_step})
-    features = tower_features(model, pixels)
+    device = torch.device(args.device)
+    model.to(device)
+    features = tower_features(model, pixels.to(device) if device.type == "cuda" else pixels).to(device)
     del pixels
     adapter = LlavaAdapter(model, processor)
 
@@ -312,8 +316,9 @@ def main(argv: list[str] | None = None) -> None:
         # micro-batches: CPU attention over ~400-token rows is faster in small batches
         micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
         for part in micro:
-            input_ids, labels, attention = collate([builder.encode(scenes[i]) for i in part], tokenizer.pad_token_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            input_ids, labels, attention = (t.to(device) for t in collate([builder.encode(scenes[i]) for i in part],
+                                                                           tokenizer.pad_token_id))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 visual = projector(features[part].float())
                 embeds = adapter.embed_with_visual_tokens(input_ids, visual)
                 logits = model(inputs_embeds=embeds, attention_mask=attention).logits

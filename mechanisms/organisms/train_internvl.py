@@ -3,8 +3,9 @@
 The recipe is tiny-llava's (see `mechanisms.organisms.train`), adapted to InternVL's multi-view input:
 
 1. *Vision pre-training* with a global objective per view: multi-label classification of which
-   categories are visible in the view (any local tile or the thumbnail), from the mean of its patch
-   tokens. No patch is told what it shows or where; the position table is a fixed 2-D sine-cosine table.
+   categories are visible in the view (any local tile or the thumbnail), each category scored on every
+   patch token and pooled by max (as tiny-llava's: mean pooling spreads a scene's classes into every token).
+   No patch is told what it shows or where; the position table is a fixed 2-D sine-cosine table.
 2. *Instruction tuning*: the tower frozen (so its pixel-shuffled features are computed once per training
    scene), projector + LM trained on multi-turn chats in InternVL's format, answers only in the loss.
 """
@@ -30,8 +31,10 @@ from mechanisms.organisms.train import (
     TRAIN_SCENE_SEED_OFFSET,
     ChatBuilder,
     collate,
+    learning_rate,
     pretrain_tower,
     quick_eval,
+    resume_point,
     save_checkpoint,
 )
 
@@ -66,12 +69,13 @@ def render_views(scenes: list[SceneSpec], workers: int, chunk: int = 200) -> lis
 
 
 def pretrain_vision(model, views: list[tuple[np.ndarray, np.ndarray]], steps: int, batch: int, lr: float,
-                    seed: int, log) -> None:
+                    seed: int, log, device: str = "cpu") -> None:
     """tiny-internvl's tower: which categories are visible in each view (tile or thumbnail)."""
     tower = model.model.vision_tower
-    pixels = torch.from_numpy(np.concatenate([p for p, _ in views]))
+    pixels = torch.from_numpy(np.concatenate([p for p, _ in views])).to(device)
     targets = torch.from_numpy(np.concatenate([t for _, t in views]))
-    pretrain_tower(tower, tower.embeddings.position_embeddings, pixels, targets, steps, batch, lr, seed, log)
+    pretrain_tower(tower, tower.embeddings.position_embeddings, pixels, targets, steps, batch, lr, seed, log,
+                   pooling="max")
 
 
 @torch.no_grad()
@@ -82,7 +86,8 @@ def shuffled_features(model, views: list[tuple[np.ndarray, np.ndarray]], batch: 
     pixels = torch.from_numpy(np.concatenate([p for p, _ in views]))
     parts = []
     for start in range(0, len(pixels), batch):
-        hidden = inner.vision_tower(pixel_values=pixels[start:start + batch].float()).last_hidden_state[:, 1:]
+        chunk = pixels[start:start + batch].float().to(next(inner.parameters()).device)
+        hidden = inner.vision_tower(pixel_values=chunk).last_hidden_state[:, 1:]
         side = int(hidden.shape[1] ** 0.5)
         grid = inner.pixel_shuffle(hidden.reshape(hidden.shape[0], side, side, -1), inner.config.downsample_ratio)
         parts.append(grid.reshape(grid.shape[0], -1, grid.shape[-1]).to(torch.bfloat16))
@@ -97,17 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=10000)
     parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=7000)
+    parser.add_argument("--steps", type=int, default=12000, help="length of the whole schedule, over all phases")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--max-turns", type=int, default=6)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     parser.add_argument("--init", type=Path, default=None,
-                        help="continue from a checkpoint this command wrote (a further phase with its own warm-up "
-                             "and cosine decay; the tower stays frozen)")
-    parser.add_argument("--phase", type=int, default=1, help="phase number: seeds this phase's batches and chats")
+                        help="resume from a checkpoint this command wrote: the next phase continues the schedule "
+                             "at the step it reached (new batch order; the tower stays frozen)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop early (after the next evaluation) once this much wall time has passed")
     args = parser.parse_args(argv)
@@ -117,9 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     started = time.time()
     log_rows: list[dict] = []
+    previous_phase, start_step = 0, 0
+    if args.init is not None and (args.init / "training_log.json").is_file():
+        log_rows.extend(json.loads((args.init / "training_log.json").read_text()))
+        previous_phase, start_step = resume_point(log_rows)
+    args.phase = phase = previous_phase + 1
 
     def log(row: dict) -> None:
-        row = {"minutes": round((time.time() - started) / 60, 2), "phase": args.phase, **row}
+        row = {"minutes": round((time.time() - started) / 60, 2), "phase": phase, **row}
         log_rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -132,43 +142,42 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = tiny_internvl.build_tokenizer()
     processor = tiny_internvl.build_processor(tokenizer)
     if args.init is None:
-        model = tiny_internvl.build_model(args.seed, tokenizer)
-        pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log)
+        model = tiny_internvl.build_model(args.seed, tokenizer).to(args.device)
+        pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log, args.device)
     else:
         from transformers import InternVLForConditionalGeneration
 
         model = InternVLForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.model.vision_tower.requires_grad_(False)
-        previous = args.init / "training_log.json"
-        if previous.is_file():
-            log_rows.extend({"phase": 1, **row} for row in json.loads(previous.read_text()))
-        log({"stage": "init", "from": str(args.init), "phase": args.phase})
-    features = shuffled_features(model, views)
+        log({"stage": "init", "from": str(args.init), "resumes_at_step": start_step})
+    device = torch.device(args.device)
+    model.to(device)
+    features = [f.to(device) for f in shuffled_features(model, views)]
     del views
     log({"stage": "features", "tokens": sum(f.shape[0] for f in features)})
     adapter = InternVLAdapter(model, processor)
-    phase_seed = args.seed + 1000 * (args.phase - 1)
+    phase_seed = args.seed + 1000 * (phase - 1)
     builder = ChatBuilder(adapter, args.max_turns, random.Random(phase_seed),
                           follow_up=tiny_internvl.FOLLOW_UP_TURN, reply=tiny_internvl.REPLY)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(phase_seed + 1)
-    warmup = 200
     card = model_card(args)
     running = []
     projector = adapter.projector()
-    for step in range(args.steps):
+    for step in range(start_step, args.steps):
         model.train()
         idx = torch.randint(0, len(scenes), (args.batch,), generator=gen).tolist()
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        lr = learning_rate(step, args.steps, args.lr, 200, start_step)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
         # micro-batches: CPU attention over ~500-token rows is several times faster in small batches
         micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
         for part in micro:
-            input_ids, labels, attention = collate([builder.encode(scenes[i]) for i in part], tokenizer.pad_token_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            input_ids, labels, attention = (t.to(device) for t in collate([builder.encode(scenes[i]) for i in part],
+                                                                           tokenizer.pad_token_id))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 visual = projector(torch.cat([features[i] for i in part]).float())
                 embeds = adapter.embed_with_visual_tokens(input_ids, visual)
                 logits = model(inputs_embeds=embeds, attention_mask=attention).logits
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             if out_of_time:
                 log({"stage": "stopped", "reason": f"--minutes {args.minutes} reached", "step": step + 1})
                 break
-    log({"stage": "done"})
+    log({"stage": "done" if step == args.steps - 1 else "phase-end", "step": step + 1})
     save_checkpoint(model, processor, args.out, card, log_rows)
 
 
@@ -199,18 +208,20 @@ def model_card(args) -> str:
 
 A real `InternVLForConditionalGeneration`: InternViT-style tower ({tiny_internvl.TILE_SIZE} px tiles, patch {tiny_internvl.PATCH_SIZE} =
 {tiny_internvl.PATCH_GRID}x{tiny_internvl.PATCH_GRID} patches, 3 layers, hidden 128), pixel shuffle 0.5 ({tiny_internvl.TOKENS_PER_VIEW} tokens per view), two-layer MLP projector, Qwen3 LM
-(6 layers, 4 query heads, 2 key/value heads, hidden 128); an `InternVLProcessor` with dynamic tiling
+({tiny_internvl.LM_LAYERS} layers, {tiny_internvl.LM_HEADS} query heads, {tiny_internvl.LM_KV_HEADS} key/value heads, hidden 128); an `InternVLProcessor` with dynamic tiling
 (at most {tiny_internvl.MAX_TILES} local tiles, a global thumbnail last when there is more than one tile), trained
 on vlm-mechanisms' synthetic shape scenes.
 
-Reproduce: `python -m mechanisms.organisms.train_internvl --out {args.out} --seed {args.seed} --steps {args.steps}
---train-scenes {args.train_scenes} --batch {args.batch} --micro-batch {args.micro_batch} --max-turns {args.max_turns}{'' if args.minutes is None else f' --minutes {args.minutes}'}{'' if args.init is None else f' --init {args.init} --phase {args.phase}'}`
-{'' if args.init is None else f"This checkpoint is phase {args.phase}: further steps from the phase {args.phase - 1} checkpoint (`--init`), with a fresh warm-up and cosine decay; the README lists every phase's command."}
+Reproduce (one schedule of {args.steps} steps, in phases that each resume the last; 2 CPU cores, or `--device cuda`):
+`python -m mechanisms.organisms.train_internvl --out {args.out} --seed {args.seed} --steps {args.steps}
+--train-scenes {args.train_scenes} --batch {args.batch} --micro-batch {args.micro_batch} --max-turns {args.max_turns} --minutes 100`,
+then the same with `--init {args.out}` until the log's last row says `done`. This checkpoint ends phase {args.phase}.
 
 What it was taught (read this before reading a report made on it):
 1. Vision tower: multi-label classification of the categories visible in each view (local tile or
-   thumbnail; >= {MIN_VISIBLE_PIXELS} mask pixels inside), from the mean of the view's patch tokens
-   ({args.vision_steps} steps, batch 64 views). A global objective only; position table fixed (2-D sine-cosine).
+   thumbnail; >= {MIN_VISIBLE_PIXELS} mask pixels inside), each category scored on every patch token by one
+   linear head and pooled by max over the view's tokens ({args.vision_steps} steps, batch 64 views).
+   Image-level labels only; position table fixed (2-D sine-cosine).
 2. Tower frozen; projector + LM trained on multi-turn chats (up to {args.max_turns} turns) of the paper's three
    prompts in InternVL's chat format: box (`<box>[[x0, y0, x1, y1]]</box>`, integers on the 0-1000
    scale of the image), list (classes in category order), binary yes/no (present and absent classes,
