@@ -116,3 +116,36 @@ def test_the_summary_reads_in_the_papers_order_with_the_deciding_effect():
     points = forest_points(report)
     assert [p["verdict"] for p in points] == ["holds", "holds", "does not hold"]
     assert forest_png(points).startswith(b"\x89PNG")
+
+
+def test_the_html_report_is_one_self_contained_page(tmp_path):
+    """REPORT.html beside REPORT.md: figures embedded as data, nothing fetched from elsewhere, the summary
+    rows linking to each claim's section, measurements collapsed."""
+    import re
+
+    folder = write_report(tmp_path, _report())
+    page = (folder / "REPORT.html").read_text()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources), sources
+    assert page.count("data:image/png;base64,") == 2  # the forest plot and Figure 1
+    for anchor in re.findall(r'href="#(claim-\d+)"', page):
+        assert f'id="{anchor}"' in page
+    assert "<details><summary>2 measurements</summary>" in page
+    assert "localization_score = 0.740 [0.600, 0.860]" in page
+
+
+def test_the_html_report_renders_in_a_browser(tmp_path):
+    """Headless Chromium opens REPORT.html from disk and draws it (skips where no Chromium is installed)."""
+    from PIL import Image
+
+    from mechanisms.reports.screenshot import chromium, screenshot
+
+    if chromium() is None:
+        import pytest
+
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    folder = write_report(tmp_path, _report())
+    shot = Image.open(screenshot(folder / "REPORT.html", tmp_path / "shot.png", 1000, 900)).convert("L")
+    assert shot.size == (1000, 900)
+    histogram = shot.histogram()
+    assert histogram[255] < 0.97 * sum(histogram)  # not a blank page: text, tables and figures drawn

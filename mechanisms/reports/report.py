@@ -113,16 +113,23 @@ def provenance_lines(dataset: dict, model: dict) -> list[str]:
 
 
 def write_report(report_dir: Path, report: dict) -> Path:
+    """report.json, tables/*.csv, figures/*.png, REPORT.md and the self-contained REPORT.html."""
+    from mechanisms.reports.html import render_html
+
     folder = Path(report_dir) / report["profile"]
     atomic_write_json(folder / "report.json", report)
+    figures: dict[str, bytes] = {}
     for name, table in report.get("tables", {}).items():
         atomic_write_text(folder / "tables" / f"{name}.csv", table_csv(table))
         if table.get("figure"):
-            atomic_write_bytes(folder / "figures" / f"{name}.png", figure_png(table))
+            figures[name] = figure_png(table)
     points = forest_points(report)
     if points:
-        atomic_write_bytes(folder / "figures" / "summary_forest.png", forest_png(points))
+        figures["summary_forest"] = forest_png(points)
+    for name, png in figures.items():
+        atomic_write_bytes(folder / "figures" / f"{name}.png", png)
     atomic_write_text(folder / "REPORT.md", render_markdown(report))
+    atomic_write_text(folder / "REPORT.html", render_html(report, figures))
     return folder
 
 
@@ -139,11 +146,16 @@ def table_csv(table: dict) -> str:
     return pd.DataFrame(table["rows"], columns=_columns(table)).to_csv(index=False)
 
 
+LONG_TABLE = 40  # rows beyond which a table with a figure is shown as the figure only (the rows go to CSV)
+
+
 def render_table(name: str, table: dict) -> list[str]:
     columns = _columns(table)
     lines = [f"### {table.get('title') or name}", ""]
     if table.get("figure"):
         lines += [f"![{name}](figures/{name}.png)", ""]
+        if len(table["rows"]) > LONG_TABLE:
+            return lines + [f"{len(table['rows'])} rows: [`tables/{name}.csv`](tables/{name}.csv)", ""]
     lines.append("| " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     for row in table["rows"]:
@@ -167,12 +179,16 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def render_markdown(report: dict) -> str:
-    lines = [f"# Claims report: {report['profile']}", ""]
+def header_lines(report: dict) -> list[str]:
+    """What was measured on what: model, dataset and its provenance, seed, packages, outcome counts
+    (Markdown bullets; the HTML report renders the same lines)."""
+    lines = []
     model, dataset = report.get("model") or {}, report.get("dataset") or {}
     if model:
         lines.append(f"- **Model**: {model.get('profile')} ({model.get('family')}), checkpoint "
                      f"`{model.get('checkpoint')}`, fingerprint `{model.get('fingerprint')}`, {model.get('dtype')}")
+        if model.get("mutation"):
+            lines.append(f"- **Mutation**: `{model['mutation']}` (planted breakage: this is not the model as shipped)")
         if model.get("system_prompt"):
             lines.append(f"- **System prompt**: {model['system_prompt']}")
         if model.get("reference_images_note"):
@@ -188,6 +204,11 @@ def render_markdown(report: dict) -> str:
     lines.append(f"- **Seed**: {report['seed']}; packages: "
                  + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
     lines.append("- **Outcomes**: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Claims report: {report['profile']}", ""] + header_lines(report)
     lines += [""] + render_summary(report)
     if report.get("tables"):
         lines += ["", "## Tables and figures", "",
@@ -215,14 +236,7 @@ def render_markdown(report: dict) -> str:
                              f"| {m['n']} | {paper} |")
         if entry["expectations"]:
             lines += ["", "Expectations (checked on interval bounds):", ""]
-            for e in entry["expectations"]:
-                verdict = e.get("verdict", "holds" if e["passed"] else "does not hold")
-                mark = {"holds": "✓", "does not hold": "✗", "inconclusive": "?"}[verdict]
-                needed = (f"; ~{e['samples_to_decide']} samples would decide it"
-                          if e.get("samples_to_decide") else "")
-                lines.append(f"- {mark} {e['statement']}: {e['measurement']}.{e['bound']} = {_fmt(e['observed'], 4)} "
-                             f"{e['comparison']} {_fmt(e['threshold'], 4)} (margin {e['margin']:+.4f}): "
-                             f"{verdict}{needed}")
+            lines += [f"- {expectation_line(e)}" for e in entry["expectations"]]
         for note in entry.get("notes", []):
             for key, value in note.items():
                 if isinstance(value, list):
@@ -231,6 +245,15 @@ def render_markdown(report: dict) -> str:
                 else:
                     lines.append(f"- {key}: {value}")
     return "\n".join(lines) + "\n"
+
+
+def expectation_line(e: dict) -> str:
+    """One expectation as the reports print it: mark, statement, the bound against its threshold, verdict."""
+    verdict = e.get("verdict", "holds" if e["passed"] else "does not hold")
+    mark = {"holds": "✓", "does not hold": "✗", "inconclusive": "?"}[verdict]
+    needed = f"; ~{e['samples_to_decide']} samples would decide it" if e.get("samples_to_decide") else ""
+    return (f"{mark} {e['statement']}: {e['measurement']}.{e['bound']} = {_fmt(e['observed'], 4)} "
+            f"{e['comparison']} {_fmt(e['threshold'], 4)} (margin {e['margin']:+.4f}): {verdict}{needed}")
 
 
 def paper_section(reference: str) -> tuple:
@@ -256,9 +279,10 @@ MARKS = {"passed": "✓ holds", "failed": "✗ does not hold", "inconclusive": "
          "skipped": "– skipped", "contradicted": "✗ contradicted by the paper", "error": "! error"}
 
 
-def summary_rows(report: dict) -> list[dict]:
+def summary_rows(report: dict, with_entries: bool = False) -> list:
     """One row per claim in the paper's order: finding, verdict, the deciding effect with its interval,
-    the threshold it was held to, the paper's value for it (where the paper has one)."""
+    the threshold it was held to, the paper's value for it (where the paper has one). `with_entries`:
+    (row, claim entry) pairs."""
     rows = []
     ordered = sorted(enumerate(report["claims"]), key=lambda ie: (paper_section(ie[1].get("reference", "")), ie[0]))
     for index, entry in ordered:
@@ -275,6 +299,8 @@ def summary_rows(report: dict) -> list[dict]:
                                                        f"{_fmt(decisive['threshold'])}",
             "paper": None if m is None or m.get("paper") is None else format_paper(m["paper"]),
             "reason": entry.get("reason") if entry["outcome"] in ("skipped", "error", "contradicted") else None})
+        if with_entries:
+            rows[-1] = (rows[-1], entry)
     return rows
 
 
