@@ -128,6 +128,30 @@ class ClaimReporter:
         self.started = time.time()
         self.reports: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
+        self.total: int | None = None  # claims to run (for the progress lines)
+        self.finished = 0
+        self.spent: dict[str, float] = {}  # seconds in a claim's setup (model, dataset, probes) before its call
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        self.total = len(ids)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.total = len(session.items) or self.total
+
+    def progress(self, entry: dict, seconds: float) -> None:
+        """One line per finished claim (also under -n, where per-test output is hidden): verdict, claim,
+        time, how many are done; nothing with -q."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None or self.config.get_verbosity() < 0:
+            return
+        self.finished += 1
+        from mechanisms.reports.report import MARKS
+
+        done = f"{self.finished}/{self.total}" if self.total else str(self.finished)
+        name = entry["nodeid"].split("::")[-1]
+        terminal.write_line(f"  [{done}] {MARKS.get(entry['outcome'], entry['outcome']):<18} {name} "
+                            f"({seconds:.0f} s, {time.time() - self.started:.0f} s into the run)")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -184,6 +208,10 @@ class ClaimReporter:
                 entry["outcome"] = "inconclusive"
                 entry.setdefault("reason", "inconclusive: an interval straddles its threshold (counted as a pass)")
             entry["duration_s"] = round(report.duration, 3)
+            if report.when == "call" or entry["outcome"] in ("skipped", "error"):
+                self.progress(entry, self.spent.get(report.nodeid, 0.0) + report.duration)
+        else:
+            self.spent[report.nodeid] = self.spent.get(report.nodeid, 0.0) + report.duration  # fixtures' setup
 
     def pytest_sessionfinish(self) -> None:
         by_profile: dict[str, list[dict]] = {}
