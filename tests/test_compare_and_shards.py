@@ -85,3 +85,32 @@ def test_a_subset_run_compares_only_the_claims_it_ran():
     assert not compare_reports(reference, candidate, subset=True).regressions
     candidate = {"claims": [entry("a", "failed")]}
     assert len(compare_reports(reference, candidate, subset=True).regressions) == 1
+
+
+def test_the_diff_shows_both_runs_side_by_side_with_the_forests_overlaid(tmp_path):
+    """A planted regression in a fixed report: the diff's table lists the claim with both verdicts, both
+    deciding effects and how far it moved; --out writes the overlaid forest plot beside the diff."""
+    import copy
+
+    from PIL import Image
+
+    from tests.test_reports import _report
+
+    reference = _report()
+    candidate = copy.deepcopy(reference)
+    entry = candidate["claims"][0]
+    entry["outcome"], entry["verdict"] = "failed", "does not hold"
+    score = next(m for m in entry["measurements"] if m["name"] == "localization_score")
+    score.update(value=0.1, ci_low=0.05, ci_high=0.15)
+    for e in entry["expectations"]:
+        e.update(passed=False, verdict="does not hold", observed=0.05, margin=0.05 - 0.4)
+    (tmp_path / "a.json").write_text(json.dumps(reference))
+    (tmp_path / "b.json").write_text(json.dumps(candidate))
+    out = tmp_path / "diff.md"
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 1
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| ") and "A claim" in line)
+    assert "| holds | does not hold |" in row and "[0.600, 0.860]" in row and "[0.050, 0.150]" in row
+    assert "regression; moved -0.640" in row
+    forest = tmp_path / "diff_forest.png"
+    assert "diff_forest.png" in text and Image.open(forest).size[0] == 1050

@@ -1,6 +1,9 @@
 """Compare two claims reports (a candidate checkpoint against a reference run), or merge shard reports.
 
     python -m mechanisms.reports.compare REFERENCE/report.json CANDIDATE/report.json [--out diff.md] [--subset]
+
+The diff opens with the report's summary table for both runs side by side; with --out, the two forest plots
+overlaid are written beside it (diff_forest.png).
     python -m mechanisms.reports.compare --merge shard1/report.json shard2/report.json ... --report-dir reports
 
 Claims are compared by verdict (holds / does not hold / inconclusive). A regression is a claim that held
@@ -28,6 +31,7 @@ class Comparison:
     improvements: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     unchanged: int = 0
+    subset: bool = False  # the candidate ran some claims only: the others are left out, not "missing"
 
     @property
     def regressed(self) -> bool:
@@ -40,6 +44,7 @@ class Comparison:
 
         lines = ["# Claims comparison", "", f"- reference: {who(reference)}", f"- candidate: {who(candidate)}",
                  f"- verdict: {'REGRESSION' if self.regressed else 'no regression'}", ""]
+        lines += side_by_side(reference, candidate, self.subset) + [""]
         for title, items in (("Regressions (held before, does not hold now)", self.regressions),
                              ("Lost evidence (held before, inconclusive now: too few samples to tell)",
                               self.lost_evidence),
@@ -48,6 +53,55 @@ class Comparison:
             lines += [f"## {title}: {len(items)}", ""] + [f"- {item}" for item in items] + [""]
         lines.append(f"{self.unchanged} measurements within each other's intervals.")
         return "\n".join(lines) + "\n"
+
+
+def _deciding(entry: dict | None) -> dict | None:
+    """The deciding measurement of a claim (as the report's summary picks it), or None."""
+    from mechanisms.reports.report import deciding_expectation
+
+    decisive = deciding_expectation(entry) if entry else None
+    return next((m for m in entry.get("measurements", []) if m["name"] == decisive["measurement"]), None) \
+        if decisive else None
+
+
+def side_by_side(reference: dict, candidate: dict, subset: bool = False) -> list[str]:
+    """The report's summary table for both runs, claim by claim in the paper's order: each side's verdict and
+    deciding effect, and what changed (regression, lost evidence, improvement, effect moved beyond its
+    interval: by how much)."""
+    from mechanisms.reports.report import _fmt, summary_rows
+
+    ref_rows = {entry["nodeid"]: (row, entry) for row, entry in summary_rows(reference, with_entries=True)}
+    new_rows = {entry["nodeid"]: (row, entry) for row, entry in summary_rows(candidate, with_entries=True)}
+    order = [n for n in ref_rows if not subset or n in new_rows] + [n for n in new_rows if n not in ref_rows]
+    lines = ["## Side by side", "", "| § | finding | reference | candidate | reference effect [95 % CI] | "
+             "candidate effect [95 % CI] | change |", "|---|---|---|---|---|---|---|"]
+    for nodeid in order:
+        (row, before), (new_row, after) = ref_rows.get(nodeid, (None, None)), new_rows.get(nodeid, (None, None))
+        shown = row or new_row
+        was, now = verdict_of(before), verdict_of(after)
+        change = ("regression" if was == "holds" and now not in ("holds", "inconclusive") else
+                  "lost evidence" if was == "holds" and now == "inconclusive" else
+                  "improvement" if was != "holds" and now == "holds" else "")
+        m, n = _deciding(before), _deciding(after)
+        if m and n and m["name"] == n["name"] and None not in (m["ci_low"], m["ci_high"], n["ci_low"], n["ci_high"]) \
+                and (n["ci_low"] > m["ci_high"] or n["ci_high"] < m["ci_low"]):
+            change = (change + "; " if change else "") + f"moved {n['value'] - m['value']:+.3f}"
+        lines.append(f"| {shown['section']} | {shown['finding']} | {was} | {now} | "
+                     f"{(row or {}).get('effect') or '–'} | {(new_row or {}).get('effect') or '–'} | {change or '–'} |")
+    return lines
+
+
+def write_overlaid_forest(reference: dict, candidate: dict, out: Path) -> Path | None:
+    """Both runs' forest plots in one figure (reference hollow, candidate filled), beside the diff."""
+    from mechanisms.reports.figures import forest_png
+    from mechanisms.reports.report import forest_points
+    from mechanisms.storage import atomic_write_bytes
+
+    points, others = forest_points(reference), forest_points(candidate)
+    if not points and not others:
+        return None
+    atomic_write_bytes(out, forest_png(points, candidate=others))
+    return out
 
 
 def _claims(report: dict) -> dict[str, dict]:
@@ -66,7 +120,7 @@ def verdict_of(entry: dict | None) -> str:
 
 def compare_reports(reference: dict, candidate: dict, subset: bool = False) -> Comparison:
     """`subset`: the candidate ran only some claims (a quick check); compare those, not call the rest missing."""
-    result = Comparison()
+    result = Comparison(subset=subset)
     ref_claims, new_claims = _claims(reference), _claims(candidate)
     if subset:
         ref_claims = {nodeid: entry for nodeid, entry in ref_claims.items() if nodeid in new_claims}
@@ -141,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     text = comparison.render(*loaded)
     print(text)
     if args.out:
+        forest = write_overlaid_forest(*loaded, args.out.with_name(args.out.stem + "_forest.png"))
+        if forest is not None:
+            text += f"\n![reference vs candidate: every claim's deciding effect]({forest.name})\n"
         atomic_write_text(args.out, text)
     return 1 if comparison.regressed else 0
 

@@ -104,11 +104,12 @@ VERDICT_COLOURS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusi
                    "contradicted": "tab:purple"}
 
 
-def forest_png(points: list[dict]) -> bytes:
+def forest_png(points: list[dict], candidate: list[dict] | None = None) -> bytes:
     """The whole suite at a glance: each claim's deciding effect with its 95 % interval, as its distance
     from the threshold on the passing side (0 = the threshold; right of it holds), the paper's value for
     the same measurement as a diamond, colour by verdict. `points`: label, value, ci_low, ci_high,
-    threshold, comparison, paper (number or None), verdict."""
+    threshold, comparison, paper (number or None), verdict, nodeid. `candidate`: a second run's points,
+    overlaid claim by claim (reference hollow above, candidate filled below: the regression diff)."""
     import io
 
     import matplotlib
@@ -119,14 +120,32 @@ def forest_png(points: list[dict]) -> bytes:
     def passing_side(p, x):
         return x - p["threshold"] if p["comparison"] == ">=" else p["threshold"] - x
 
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(points) + 1.4), dpi=100)
-    for y, p in enumerate(reversed(points)):
+    def draw(p, y, hollow=False):
         ends = sorted((passing_side(p, p["ci_low"]), passing_side(p, p["ci_high"])))
         colour = VERDICT_COLOURS.get(p["verdict"], "grey")
-        ax.plot(ends, [y, y], color=colour, linewidth=2)
-        ax.plot([passing_side(p, p["value"])], [y], "o", color=colour, markersize=5)
-        if isinstance(p.get("paper"), (int, float)):
-            ax.plot([passing_side(p, p["paper"])], [y], "D", color="black", markersize=4, fillstyle="none")
+        ax.plot(ends, [y, y], color=colour, linewidth=1.2 if hollow else 2, linestyle=":" if hollow else "-")
+        ax.plot([passing_side(p, p["value"])], [y], "o", color=colour, markersize=5,
+                fillstyle="none" if hollow else "full")
+
+    if candidate is not None:  # one row per claim of either run, in the reference's order
+        by_id = {p.get("nodeid"): p for p in candidate}
+        rows = [(p, by_id.pop(p.get("nodeid"), None)) for p in points] + [(None, p) for p in by_id.values()]
+    else:
+        rows = [(p, None) for p in points]
+    fig, ax = plt.subplots(figsize=(10.5, max(2.4, (0.45 if candidate is not None else 0.32) * len(rows) + 1.4)),
+                           dpi=100)
+    for y, (p, q) in enumerate(reversed(rows)):
+        if candidate is None:
+            draw(p, y)
+        else:
+            if p is not None:
+                draw(p, y + 0.17, hollow=True)
+            if q is not None:
+                draw(q, y - 0.17)
+        shown = p or q
+        if isinstance(shown.get("paper"), (int, float)):
+            ax.plot([passing_side(shown, shown["paper"])], [y], "D", color="black", markersize=4, fillstyle="none")
+    points = [p or q for p, q in rows]
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(points)), [p["label"] for p in reversed(points)], fontsize=7)
     ax.set_xlabel("deciding effect minus its threshold, passing side to the right (fractions; layers for locations)",
@@ -134,8 +153,12 @@ def forest_png(points: list[dict]) -> bytes:
     ax.grid(alpha=0.3, axis="x")
     handles = [plt.Line2D([], [], color=c, marker="o", linestyle="-", label=v) for v, c in VERDICT_COLOURS.items()]
     handles.append(plt.Line2D([], [], color="black", marker="D", fillstyle="none", linestyle="", label="paper"))
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
-    ax.set_title("Every claim's deciding effect against its threshold", fontsize=9)
+    if candidate is not None:
+        handles += [plt.Line2D([], [], color="grey", marker="o", fillstyle="none", linestyle=":", label="reference"),
+                    plt.Line2D([], [], color="grey", marker="o", linestyle="-", label="candidate")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title("Every claim's deciding effect against its threshold"
+                 + (": reference (hollow) vs candidate (filled)" if candidate is not None else ""), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})

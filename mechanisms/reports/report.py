@@ -316,7 +316,8 @@ def forest_points(report: dict) -> list[dict]:
         verdict = {"passed": "holds", "failed": "does not hold"}.get(entry["outcome"], entry["outcome"])
         points.append({"label": f"{row['section'] or '2.3'} {row['finding'][:60]}", "value": m["value"],
                        "ci_low": m["ci_low"], "ci_high": m["ci_high"], "threshold": decisive["threshold"],
-                       "comparison": decisive["comparison"], "paper": m.get("paper"), "verdict": verdict})
+                       "comparison": decisive["comparison"], "paper": m.get("paper"), "verdict": verdict,
+                       "nodeid": entry["nodeid"]})
     return points
 
 
