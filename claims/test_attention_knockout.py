@@ -35,8 +35,10 @@ def _knockout(vlm, dataset, claim):
             rows.append({"order": order, "task": task, "mode": name,
                          "value": round(100 * float(scores[task][name].mean()), 2),
                          "drop": round(100 * float(base - scores[task][name].mean()), 2)})
+    baselines = [{"y": round(100 * float(scores[task][BASELINE].mean()), 2), "label": f"{task} without knockout",
+                  "color": colour} for task, colour in zip(TASKS, ("tab:blue", "tab:orange"))]
     claim.table("figure3", rows, title="Figure 3/12: accuracy (%) after attention knockout of the object's tokens",
-                figure={"kind": "lines", "x": "mode", "y": "value", "series": "task",
+                figure={"kind": "lines", "x": "mode", "y": "value", "series": "task", "hlines": baselines,
                         "xlabel": "layers knocked out", "ylabel": "accuracy (%)"})
     return scores, groups, first
 

@@ -53,8 +53,10 @@ def _curves(vlm, dataset, claim):
             curves[name].append(scores)
             rows.append({"order": i, "mode": name, "fraction": fraction, "heads": len(heads),
                          "value": round(100 * float(scores.mean()), 2)})
+    labels = {name: f"{name} (normalized AUC {normalized_auc(fractions, [x.mean() for x in scores]):.3f})"
+              for name, scores in curves.items()}
     claim.table("figure5", rows, title="Figure 5: localization accuracy (%) under cumulative head ablation",
-                figure={"kind": "lines", "x": "fraction", "y": "value", "series": "mode",
+                figure={"kind": "lines", "x": "fraction", "y": "value", "series": "mode", "labels": labels,
                         "xlabel": "fraction of heads ablated", "ylabel": "localization accuracy (%)"})
     for name, scores in curves.items():
         claim.statistic(f"auc_{name}", lambda *s: normalized_auc(fractions, [x.mean() for x in s]), scores)

@@ -19,7 +19,7 @@ def _study(vlm, probes, claim):
              "row_accuracy": round(100 * r.row_accuracy, 2), "col_accuracy": round(100 * r.col_accuracy, 2)}
             for s, r in probes.results.items()]
     claim.table("figure2", rows, title="Figure 2: positional decoding accuracy (%) per stage (mean of row/col)",
-                figure={"kind": "lines", "x": "mode", "y": "value", "series": "kind",
+                figure={"kind": "lines", "x": "mode", "y": "value", "series": "kind", "mark_max": ["llm"],
                         "xlabel": "stage (vision layers, projector, LM layers)", "ylabel": "accuracy (%)"})
     return probes, vlm.profile.claims["probing"]
 

@@ -149,3 +149,20 @@ def test_the_html_report_renders_in_a_browser(tmp_path):
     assert shot.size == (1000, 900)
     histogram = shot.histogram()
     assert histogram[255] < 0.97 * sum(histogram)  # not a blank page: text, tables and figures drawn
+
+
+def test_line_figures_mark_the_peak_the_baselines_and_the_aucs(tmp_path):
+    """Figure 2's peak, Figures 3/12's unmodified-accuracy lines and Figure 5's AUCs in the legend."""
+    from PIL import Image
+
+    from mechanisms.reports.figures import figure_png
+
+    rows = [{"mode": f"llm.{i:02d}", "kind": "llm", "value": v} for i, v in enumerate([20.0, 35.0, 42.5, 30.0])]
+    rows.insert(0, {"mode": "projector", "kind": "projector", "value": 18.0})
+    table = {"title": "Figure 2", "rows": rows,
+             "figure": {"kind": "lines", "x": "mode", "y": "value", "series": "kind", "mark_max": ["llm"],
+                        "hlines": [{"y": 45.0, "label": "box without knockout"}],
+                        "labels": {"llm": "llm (normalized AUC 0.420)"}}}
+    png = tmp_path / "f.png"
+    png.write_bytes(figure_png(table))
+    assert Image.open(png).size == (700, 380)

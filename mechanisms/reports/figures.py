@@ -80,10 +80,22 @@ def figure_png(table: dict) -> bytes:
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
         numeric = all(isinstance(r[spec["x"]], (int, float)) for r in rows)
         xs = list(dict.fromkeys(str(r[spec["x"]]) for r in rows))  # the table's row order, not per series
+        labels = spec.get("labels") or {}  # series -> legend label (e.g. with its normalized AUC)
         for series in dict.fromkeys(r[spec["series"]] for r in rows):
             points = [r for r in rows if r[spec["series"]] == series]
             where = [r[spec["x"]] if numeric else xs.index(str(r[spec["x"]])) for r in points]
-            ax.plot(where, [r[spec["y"]] for r in points], marker="o", label=str(series))
+            values = [r[spec["y"]] for r in points]
+            (line,) = ax.plot(where, values, marker="o", label=labels.get(str(series), str(series)))
+            if series in (spec.get("mark_max") or []) and values:  # the peak, marked and named (Figure 2)
+                best = int(np.argmax(values))
+                ax.plot([where[best]], [values[best]], marker="*", markersize=14, color=line.get_color(),
+                        linestyle="")
+                ax.annotate(f"peak {points[best][spec['x']]}: {values[best]:.1f}", (where[best], values[best]),
+                            textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+        for reference in spec.get("hlines") or []:  # e.g. each task's unmodified accuracy (Figures 3, 12)
+            ax.axhline(reference["y"], linestyle="--", linewidth=1, color=reference.get("color", "grey"))
+            ax.annotate(reference["label"], (0, reference["y"]), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(3, 3), fontsize=7, color=reference.get("color", "grey"))
         if not numeric:
             ax.set_xticks(range(len(xs)), xs)
         ax.legend(fontsize=8)
