@@ -75,7 +75,7 @@ def test_rows_recorded_by_two_claims_appear_once():
 
 
 def _claim(title, reference, outcome, expectations=(), measurements=(), reason=None):
-    return {"nodeid": f"claims/x.py::test_{len(title)}", "title": title, "reference": reference, "outcome": outcome,
+    return {"nodeid": f"claims/x.py::test_{title.lower().replace(' ', '_')}[tiny_llava]", "title": title, "reference": reference, "outcome": outcome,
             "expectations": list(expectations), "measurements": list(measurements), "notes": [], "tables": [],
             **({"reason": reason} if reason else {})}
 
@@ -108,7 +108,8 @@ def test_the_summary_reads_in_the_papers_order_with_the_deciding_effect():
     ]
     report = {"claims": claims}
     rows = summary_rows(report)
-    assert [r["finding"] for r in rows] == ["Baseline", "Ablation", "Views", "Heads"]
+    assert [r["finding"] for r in rows] == ["Baseline", "Ablation", "Views", "Heads"]  # from the test names
+    assert [r["title"] for r in rows] == ["Baseline", "Ablation", "Views", "Heads"]
     assert rows[1]["effect"].startswith("excess = 0.310")  # not the baseline precondition
     assert rows[2]["verdict"].startswith("– skipped") and "single view" in rows[2]["reason"]
     assert rows[3]["effect"].startswith("share = 0.210") and rows[3]["paper"] == "0.800"

@@ -43,6 +43,9 @@ class Profile:
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
     paper: dict[str, dict[str, Any]] = field(default_factory=dict)  # as in the TOML: per dataset, and model-level
     paper_dataset: str | None = None  # which dataset's tables `paper_value` reads (`for_dataset`); None: none
+    # a model the paper did not measure: whose COCO tables its `paper` columns show for scale (labelled so)
+    nearest_paper_model: str | None = None
+    nearest_tables: dict[str, Any] = field(default_factory=dict, repr=False)  # its dataset tables (load_profiles)
 
     @property
     def env_var(self) -> str:
@@ -62,9 +65,18 @@ class Profile:
         return replace(self, paper_dataset=PAPER_DATASETS.get(source))
 
     def paper_sections(self) -> dict[str, dict[str, Any]]:
-        """The paper's sections for this model on the bound dataset, plus its model-level sections."""
+        """The paper's sections for this model on the bound dataset, plus its model-level sections. A model
+        the paper did not measure reads its nearest paper model's COCO tables instead (for scale only: never
+        that model's model-level facts, such as layer locations, nor its recorded contradictions)."""
         model_level = {k: v for k, v in self.paper.items() if k not in set(PAPER_DATASETS.values())}
+        if self.paper_from_nearest:  # the bound dataset's tables, COCO's on a dataset the paper did not measure
+            return {**model_level, **self.nearest_tables.get(self.paper_dataset or "coco", {})}
         return {**model_level, **self.paper.get(self.paper_dataset, {})} if self.paper_dataset else model_level
+
+    @property
+    def paper_from_nearest(self) -> bool:
+        """Whether `paper` values are the nearest paper model's (this model is not in the paper)."""
+        return not self.paper and self.nearest_paper_model is not None
 
     def paper_value(self, section: str, key: str, task: str | None = None):
         """The paper's value for this model on the bound dataset (None where the paper has none); per-task
@@ -111,6 +123,12 @@ def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, Profile]:
         if profile.name != path.stem:
             raise ValueError(f"{path}: profile name {profile.name!r} must match the file name")
         profiles[profile.name] = profile
+    for name, profile in profiles.items():
+        if profile.nearest_paper_model:
+            nearest = profiles[profile.nearest_paper_model].paper
+            tables = {dataset: {k: v for k, v in nearest.get(dataset, {}).items() if k != "contradicts"}
+                      for dataset in set(PAPER_DATASETS.values())}
+            profiles[name] = replace(profile, nearest_tables=tables)
     return profiles
 
 

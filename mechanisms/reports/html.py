@@ -34,6 +34,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
         expectation_line,
         format_paper,
         header_lines,
+        paper_label,
         summary_rows,
     )
 
@@ -71,4 +72,4 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     forest = figures.get("summary_forest")
     return template.render(report=report, header=[inline_markdown(line) for line in header_lines(report)],
                            summary=summary, forest=data_uri(forest) if forest else None, tables=tables,
-                           claims=claims)
+                           claims=claims, paper_label=paper_label(report))

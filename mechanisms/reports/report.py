@@ -107,9 +107,20 @@ def provenance_lines(dataset: dict, model: dict) -> list[str]:
         if provenance.get(key):
             lines.append(f"- **{key.replace('_', ' ').capitalize()}**: {provenance[key]}")
     tables = (model or {}).get("paper_tables")
-    lines.append(f"- **Paper values**: {PAPER_TABLES[tables]}" if tables in PAPER_TABLES else
-                 "- **Paper values**: none (the paper measured no dataset of this source; `paper` columns are empty)")
+    nearest = (model or {}).get("paper_model")
+    if nearest:
+        lines.append(f"- **Paper values**: this model is not in the paper; `paper` columns show the nearest paper "
+                     f"model's, {nearest} on {PAPER_TABLES[tables or 'coco']}, for scale (not a target)")
+    else:
+        lines.append(f"- **Paper values**: {PAPER_TABLES[tables]}" if tables in PAPER_TABLES else
+                     "- **Paper values**: none (the paper measured no dataset of this source; `paper` columns are empty)")
     return lines
+
+
+def paper_label(report: dict) -> str:
+    """The summary's `paper` column title: the nearest paper model's name where the model is not in the paper."""
+    nearest = (report.get("model") or {}).get("paper_model")
+    return f"paper ({nearest}, nearest)" if nearest else "paper"
 
 
 def write_report(report_dir: Path, report: dict) -> Path:
@@ -291,7 +302,8 @@ def summary_rows(report: dict, with_entries: bool = False) -> list:
         m = measured.get(decisive["measurement"]) if decisive else None
         rows.append({
             "anchor": f"claim-{index + 1}", "section": ".".join(map(str, paper_section(entry.get("reference", ""))))
-            if paper_section(entry.get("reference", "")) != (0,) else "", "finding": entry["title"],
+            if paper_section(entry.get("reference", "")) != (0,) else "", "finding": short_finding(entry),
+            "title": entry["title"],
             "verdict": MARKS.get(entry["outcome"], entry["outcome"]),
             "effect": None if m is None else f"{decisive['measurement']} = {_fmt(m['value'])} "
                                              f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]",
@@ -302,6 +314,13 @@ def summary_rows(report: dict, with_entries: bool = False) -> list:
         if with_entries:
             rows[-1] = (rows[-1], entry)
     return rows
+
+
+def short_finding(entry: dict) -> str:
+    """The finding in a few words: the claim's test name, which reads as the paper's sentence
+    (`test_ablating_register_tokens_barely_moves_accuracy` -> "Ablating register tokens barely moves accuracy")."""
+    words = entry["nodeid"].split("::")[-1].split("[")[0].removeprefix("test_").replace("_", " ")
+    return words[:1].upper() + words[1:]
 
 
 def forest_points(report: dict) -> list[dict]:
@@ -329,8 +348,10 @@ def _in_paper_order(report: dict) -> list[dict]:
 def render_summary(report: dict) -> list[str]:
     lines = ["## Summary: which findings hold here", "",
              "In the paper's order. The deciding effect is the expectation with the smallest margin, with its "
-             "95 % interval; `paper` is the paper's value for that measurement on this model, where it has one.",
-             "", "| § | finding | verdict | deciding effect [95 % CI] | threshold | paper |", "|---|---|---|---|---|---|"]
+             "95 % interval; `paper` is the paper's value for that measurement on this model (or, for a model the "
+             "paper did not measure, on the nearest paper model, labelled), where it has one.",
+             "", f"| § | finding | verdict | deciding effect [95 % CI] | threshold | {paper_label(report)} |",
+             "|---|---|---|---|---|---|"]
     for row in summary_rows(report):
         effect = row["effect"] or (row["reason"] or "")[:160]
         if row["effect"] and row["reason"]:

@@ -68,6 +68,7 @@ class VLM:
                 "ImageNet val: pass --reference-images /path/to/imagenet/val (or the evaluation set's images)")
         return {**notes, "profile": self.profile.name, "family": self.profile.family,
                 "paper_tables": self.profile.paper_dataset, "checkpoint": str(self.checkpoint),
+                **({"paper_model": self.profile.nearest_paper_model} if self.profile.paper_from_nearest else {}),
                 "fingerprint": self.fingerprint, "dtype": str(self.adapter.model.dtype).removeprefix("torch."),
                 "device": self.device, "system_prompt": self.adapter.system_prompt,
                 "reference_images": self.reference_images,
