@@ -216,3 +216,20 @@ def test_fingerprint_checkpoint_tracks_content(tmp_path):
     assert registry.fingerprint_checkpoint(folder) == first
     (folder / "model.safetensors").write_bytes(b"\1" * 8)
     assert registry.fingerprint_checkpoint(folder) != first
+
+
+def test_a_model_the_paper_did_not_measure_reads_its_nearest_paper_models_tables_only():
+    """tiny-llava's `paper` values are LLaVA-1.5-7B's COCO (or VOC) tables, for scale; never that model's
+    model-level facts (probe peak, layer locations: those claims skip) nor its recorded contradictions."""
+    from mechanisms.models.registry import load_profiles
+
+    profiles = load_profiles()
+    tiny, llava = profiles["tiny_llava"], profiles["llava7b"]
+    assert tiny.paper_from_nearest and not llava.paper_from_nearest
+    assert tiny.paper_value("baseline", "localization") == llava.paper_value("baseline", "localization")
+    assert tiny.for_dataset("voc").paper_value("ablation", "baseline", "localization") == \
+        llava.for_dataset("voc").paper_value("ablation", "baseline", "localization")
+    assert tiny.paper_value("probing", "peak_llm_layer") is None
+    assert tiny.paper_value("locations", "knockout_layers") is None
+    internvl = profiles["tiny_internvl"]
+    assert "contradicts" in profiles["internvl8b"].paper_sections() and "contradicts" not in internvl.paper_sections()
