@@ -85,7 +85,8 @@ def test_paper_value_defaults_to_none():
     """paper_value returns the recorded reference, or None when there is none."""
     profiles = load_profiles()
     assert profiles["llava7b"].paper_value("baseline", "localization") == pytest.approx(0.3534)
-    assert profiles["tiny_llava"].paper_value("baseline", "localization") is None
+    assert profiles["tiny_llava"].paper_value("probing", "peak_llm_layer") is None
+    assert profiles["llava7b"].paper_value("baseline", "no such key") is None
 
 
 def test_profile_env_var_name():
