@@ -25,7 +25,8 @@ LAYERS = [
     {"mechanisms.reports"},
     {"mechanisms.suite"},
 ]
-ENTRY_POINTS = {"mechanisms.data.__main__", "mechanisms.organisms.train", "mechanisms.organisms.train_internvl"}
+ENTRY_POINTS = {"mechanisms.data.__main__", "mechanisms.organisms.train", "mechanisms.organisms.train_internvl",
+                "mechanisms.compare"}
 
 
 def layer_of(module: str) -> int:

@@ -11,11 +11,12 @@ import json
 
 import pytest
 
-from mechanisms.models.registry import PROFILES, fingerprint_checkpoint
+from mechanisms.models.registry import fingerprint_checkpoint, load_profiles
 from mechanisms.reports.compare import compare_reports
 from tests.test_claims_end_to_end import REPO, collected_claims, load_report, run_claims
 
 REFERENCES = REPO / "fixtures" / "reference-reports"
+PROFILES = load_profiles()
 SHIPPED = [name for name, profile in PROFILES.items() if profile.shipped_path]
 
 

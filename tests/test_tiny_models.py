@@ -89,6 +89,19 @@ def test_config_has_structure_for_layer_and_head_claims(adapter):
     assert layout.n_layers >= 6 and layout.n_query_heads >= 4 and layout.n_kv_heads < layout.n_query_heads
 
 
+def test_the_recipe_in_training_has_room_for_layer_bands_and_head_circuits(tiny):
+    """Issue 14's organisms: at least 12 LM layers of 8 query heads sharing fewer key/value heads (GQA), and
+    for tiny-llava a 16 x 16 grid; the tower's pre-training pools by max (image-level labels only)."""
+    tokenizer = tiny.module.build_tokenizer()
+    config = tiny.module.build_config(tokenizer, recipe=tiny.module.TRAINING)
+    text = config.text_config
+    assert text.num_hidden_layers >= 12 and text.num_attention_heads >= 8
+    assert text.num_key_value_heads < text.num_attention_heads
+    assert tiny.module.RECIPES[tiny.module.TRAINING].tower_pooling == "max"
+    if tiny.family == "llava":
+        assert config.image_seq_length == 16 * 16
+
+
 def test_image_geometry(tiny, adapter):
     """tiny-llava: one 12x12 grid. tiny-internvl: up to 6 tiles of 6x6 tokens plus a 6x6 thumbnail."""
     if tiny.family == "llava":

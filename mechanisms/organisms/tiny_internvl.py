@@ -3,13 +3,16 @@
 Same classes and processing as InternVL-3.5 (InternViT-style vision tower, pixel shuffle 0.5, two-layer
 MLP projector, Qwen3 LM with grouped-query attention, `InternVLProcessor` with dynamic tiling capped at
 6 tiles plus a global thumbnail), scaled down: 48 px tiles, patch 4 (12 x 12 patches, shuffled to
-6 x 6 = 36 tokens per view), a 12-layer LM with 8 query heads sharing 2 key/value heads. The token
+6 x 6 = 36 tokens per view), a GQA LM: recipe "v1" (shipped) has 6 layers of 4 query heads sharing 2
+key/value heads, "v2" (in training, issue 14) 12 layers of 8 query heads sharing 2. The token
 budget per view, not the model width, sets the CPU training cost: ~5 views of 36 tokens keep chats
 near 350 tokens.
 The tokenizer is word-level over the closed vocabulary of the prompts and answers, digits one by one.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -33,7 +36,23 @@ PATCH_SIZE = 4
 MAX_TILES = 6  # the paper's cap
 PATCH_GRID = TILE_SIZE // PATCH_SIZE  # 12 x 12 patches per view
 TOKENS_PER_VIEW = (PATCH_GRID // 2) ** 2  # pixel shuffle 0.5 -> 6 x 6
-LM_LAYERS, LM_HEADS, LM_KV_HEADS = 12, 8, 2  # 96 query heads: room for layer bands and sparse head circuits
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One generation of tiny-internvl's LM, and how its tower is pre-trained."""
+
+    lm_layers: int
+    lm_heads: int
+    lm_kv_heads: int
+    mlp_ratio: int  # LM intermediate size / hidden size
+    tower_pooling: str
+
+
+# v2: 96 query heads, room for layer bands and sparse head circuits
+RECIPES = {"v1": Recipe(6, 4, 2, 3, "mean"), "v2": Recipe(12, 8, 2, 2, "max")}
+SHIPPED = "v1"  # what fixtures/models/tiny-internvl was made with (its training code: commit d4d369a)
+TRAINING = "v2"  # what `python -m mechanisms.organisms.train_internvl` trains
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 NAMED_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
@@ -83,14 +102,16 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, tile_size:
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, *, tile_size: int = TILE_SIZE, patch_size: int = PATCH_SIZE,
-                 vision_hidden: int = 128, vision_layers: int = 3, hidden: int = 128, layers: int = LM_LAYERS,
-                 heads: int = LM_HEADS, kv_heads: int = LM_KV_HEADS) -> InternVLConfig:
+                 vision_hidden: int = 128, vision_layers: int = 3, hidden: int = 128, recipe: str = SHIPPED,
+                 layers: int | None = None, heads: int | None = None, kv_heads: int | None = None) -> InternVLConfig:
+    r = RECIPES[recipe]
+    layers, heads, kv_heads = layers or r.lm_layers, heads or r.lm_heads, kv_heads or r.lm_kv_heads
     vision = InternVLVisionConfig(
         hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
         num_attention_heads=4, image_size=tile_size, patch_size=patch_size,
         use_absolute_position_embeddings=True, use_mean_pooling=False)
     text = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=r.mlp_ratio * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
         max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)

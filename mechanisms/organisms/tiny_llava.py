@@ -1,14 +1,17 @@
 """tiny-llava: a real `LlavaForConditionalGeneration` small enough to train on two CPU cores.
 
 Same classes and same processing as LLaVA-1.5 (CLIP vision tower, two-layer GELU MLP projector, Llama
-LM, `LlavaProcessor` with a pad-to-square `LlavaImageProcessor`), scaled down: 128 px images, patch 8
-(a 16 x 16 token grid), a 3-layer tower, a 12-layer LM with 8 query heads sharing 2 key/value heads
-(GQA; 96 heads, room for layer bands and sparse head circuits).
+LM, `LlavaProcessor` with a pad-to-square `LlavaImageProcessor`), scaled down. Two recipes (`RECIPES`):
+"v1", the shipped model (96 px / patch 8 = a 12 x 12 grid, 3-layer tower, 6-layer LM with 4 query heads
+sharing 2 key/value heads), and "v2", the one in training (issue 14: 128 px = 16 x 16, a 12-layer LM with
+8 query heads sharing 2 key/value heads, i.e. 96 heads: room for layer bands and sparse head circuits).
 The tokenizer is word-level over the closed vocabulary of the prompts and answers, with every digit a
 token of its own, so box coordinates decode exactly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -25,11 +28,30 @@ from mechanisms.data.synthetic import CATEGORY_NAMES
 from mechanisms.organisms.vocabulary import word_level_tokenizer
 from mechanisms.tasks.prompts import BINARY_PROMPT, BOX_PROMPT, LIST_PROMPT
 
-IMAGE_SIZE = 128
 PATCH_SIZE = 8
-GRID = IMAGE_SIZE // PATCH_SIZE
-VISION_LAYERS = 3
-LM_LAYERS, LM_HEADS, LM_KV_HEADS = 12, 8, 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The architecture of one generation of tiny-llava, and how its tower is pre-trained."""
+
+    image_size: int
+    vision_layers: int
+    lm_layers: int
+    lm_heads: int
+    lm_kv_heads: int
+    lm_intermediate: int
+    max_positions: int
+    tower_pooling: str  # how the tower's pre-training head pools its patch tokens (train.pretrain_tower)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // PATCH_SIZE
+
+
+RECIPES = {"v1": Recipe(96, 3, 6, 4, 2, 384, 512, "mean"), "v2": Recipe(128, 3, 12, 8, 2, 256, 640, "max")}
+SHIPPED = "v1"  # what fixtures/models/tiny-llava was made with (its training code: commit d4d369a)
+TRAINING = "v2"  # what `python -m mechanisms.organisms.train` trains; shipped once it meets its floors
 SYSTEM_TEXT = "A chat between a curious user and an artificial intelligence assistant."
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -67,12 +89,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
                                 bos="<s>", named_tokens={"image_token": "<image>"}, keep_newlines=False)
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:
+def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, recipe: str = SHIPPED) -> LlavaProcessor:
     tokenizer = tokenizer or build_tokenizer()
+    size = RECIPES[recipe].image_size
     # do_pad=True is LLaVA-1.5's expand2square (pad with the mean colour), then resize to the square.
     image_processor = LlavaImageProcessor(
-        do_pad=True, size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=True,
+        do_pad=True, size={"shortest_edge": size},
+        crop_size={"height": size, "width": size}, do_center_crop=True,
         image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
@@ -80,14 +103,15 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPr
         chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+def build_config(tokenizer: PreTrainedTokenizerFast, recipe: str = SHIPPED) -> LlavaConfig:
+    r = RECIPES[recipe]
     vision = CLIPVisionConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=VISION_LAYERS, num_attention_heads=4,
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=128)
+        hidden_size=128, intermediate_size=256, num_hidden_layers=r.vision_layers, num_attention_heads=4,
+        image_size=r.image_size, patch_size=PATCH_SIZE, projection_dim=128)
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=LM_LAYERS,
-        num_attention_heads=LM_HEADS, num_key_value_heads=LM_KV_HEADS, head_dim=128 // LM_HEADS,
-        max_position_embeddings=640,
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=r.lm_intermediate, num_hidden_layers=r.lm_layers,
+        num_attention_heads=r.lm_heads, num_key_value_heads=r.lm_kv_heads, head_dim=128 // r.lm_heads,
+        max_position_embeddings=r.max_positions,
         rms_norm_eps=1e-5, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
@@ -96,7 +120,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu", vision_feature_select_strategy="default",
         # the tower is only 3 layers deep: read its last layer (LLaVA-1.5 reads the penultimate of 24)
-        vision_feature_layer=-1, image_seq_length=GRID * GRID, tie_word_embeddings=True)
+        vision_feature_layer=-1, image_seq_length=r.grid * r.grid, tie_word_embeddings=True)
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -110,17 +134,18 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)
 
 
-def build_model(seed: int, tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaForConditionalGeneration:
+def build_model(seed: int, tokenizer: PreTrainedTokenizerFast | None = None,
+                recipe: str = SHIPPED) -> LlavaForConditionalGeneration:
     """A freshly initialised tiny-llava (the untrained control uses exactly this)."""
     tokenizer = tokenizer or build_tokenizer()
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(tokenizer))
+    model = LlavaForConditionalGeneration(build_config(tokenizer, recipe))
     embeddings = model.model.vision_tower.embeddings
     with torch.no_grad():
         # amplitude 1, as fixed sin-cos tables usually are: a table at CLIP's init scale (std 0.02) is
         # drowned by the patch embeddings (std ~0.3) and position is then barely decodable (R^2 ~0.4)
         table = embeddings.position_embedding.weight
-        table[1:] = sincos_2d(GRID, table.shape[1])
+        table[1:] = sincos_2d(RECIPES[recipe].grid, table.shape[1])
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -47,17 +47,18 @@ from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
 TRAIN_SCENE_SEED_OFFSET = 1_000_003  # training scenes never share a seed with evaluation sets
 
 
-def _pixels_for(specs: list[SceneSpec]) -> np.ndarray:
-    processor = tiny_llava.build_processor()
+def _pixels_for(specs: list[SceneSpec], recipe: str = tiny_llava.TRAINING) -> np.ndarray:
+    processor = tiny_llava.build_processor(recipe=recipe)
     images = [render_scene(spec) for spec in specs]
     out = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     return out.to(torch.float16).numpy()
 
 
-def render_pixels(scenes: list[SceneSpec], workers: int = 2, chunk: int = 256) -> torch.Tensor:
+def render_pixels(scenes: list[SceneSpec], workers: int = 2, chunk: int = 256,
+                  recipe: str = tiny_llava.TRAINING) -> torch.Tensor:
     chunks = [scenes[i:i + chunk] for i in range(0, len(scenes), chunk)]
     with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_pixels_for, chunks))
+        parts = list(pool.map(_pixels_for, chunks, [recipe] * len(chunks)))
     return torch.from_numpy(np.concatenate(parts))
 
 
@@ -130,15 +131,15 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def pretrain_vision(model, pixels: torch.Tensor, scenes: list[SceneSpec], steps: int, batch: int,
-                    lr: float, seed: int, log) -> None:
-    """tiny-llava's tower: which categories are in the scene, pooled over its patch tokens by max."""
+                    lr: float, seed: int, log, pooling: str = "max") -> None:
+    """tiny-llava's tower: which categories are in the scene, pooled over its patch tokens as the recipe says."""
     tower = model.model.vision_tower
     targets = torch.zeros(len(scenes), len(CATEGORY_NAMES))
     for i, scene in enumerate(scenes):
         for obj in scene.objects:
             targets[i, obj.category_id - 1] = 1
     pretrain_tower(tower, tower.embeddings.position_embedding.weight, pixels, targets, steps, batch, lr, seed, log,
-                   pooling="max")
+                   pooling=pooling)
 
 
 def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tensor, targets: torch.Tensor,
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (minutes instead of hours)")
+    parser.add_argument("--recipe", default=tiny_llava.TRAINING, choices=sorted(tiny_llava.RECIPES),
+                        help="architecture generation (tiny_llava.RECIPES); v1's own schedule is at commit d4d369a")
     parser.add_argument("--init", type=Path, default=None,
                         help="resume from a checkpoint this command wrote: the next phase continues the schedule "
                              "at the step it reached (new batch order; the vision tower stays frozen)")
@@ -279,15 +282,15 @@ def main(argv: list[str] | None = None) -> None:
     config = SceneConfig()
     scenes = generate_scenes(args.train_scenes, args.seed + TRAIN_SCENE_SEED_OFFSET, config)
     heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
-    pixels = render_pixels(scenes, workers=args.threads)
+    pixels = render_pixels(scenes, workers=args.threads, recipe=args.recipe)
     log({"stage": "data", "train_scenes": len(scenes)})
 
     tokenizer = tiny_llava.build_tokenizer()
-    processor = tiny_llava.build_processor(tokenizer)
+    processor = tiny_llava.build_processor(tokenizer, args.recipe)
     if args.init is None:
-        model = tiny_llava.build_model(args.seed, tokenizer).to(args.device)
+        model = tiny_llava.build_model(args.seed, tokenizer, args.recipe).to(args.device)
         pretrain_vision(model, pixels.to(args.device) if args.device != "cpu" else pixels, scenes, args.vision_steps,
-                        64, 2e-3, args.seed, log)
+                        64, 2e-3, args.seed, log, tiny_llava.RECIPES[args.recipe].tower_pooling)
     else:
         model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
         model.model.vision_tower.requires_grad_(False)
@@ -345,16 +348,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def model_card(args) -> str:
-    t = tiny_llava
-    return f"""# tiny-llava
+    t = tiny_llava.RECIPES[args.recipe]
+    return f"""# tiny-llava (recipe {args.recipe})
 
-A real `LlavaForConditionalGeneration` (CLIP vision tower {t.IMAGE_SIZE} px / patch {t.PATCH_SIZE} = {t.GRID}x{t.GRID} tokens,
-{t.VISION_LAYERS} layers, hidden 128; two-layer GELU projector; Llama LM with {t.LM_LAYERS} layers, {t.LM_HEADS} query heads
-sharing {t.LM_KV_HEADS} key/value heads, hidden 128) with a `LlavaProcessor` that pads to square like LLaVA-1.5,
+A real `LlavaForConditionalGeneration` (CLIP vision tower {t.image_size} px / patch {tiny_llava.PATCH_SIZE} = {t.grid}x{t.grid} tokens,
+{t.vision_layers} layers, hidden 128; two-layer GELU projector; Llama LM with {t.lm_layers} layers, {t.lm_heads} query heads
+sharing {t.lm_kv_heads} key/value heads, hidden 128) with a `LlavaProcessor` that pads to square like LLaVA-1.5,
 trained on vlm-mechanisms' synthetic shape scenes (seeds disjoint from every evaluation set's).
 
 Reproduce (2 CPU cores; one schedule of {args.steps} steps, run in phases that each resume the last):
-`python -m mechanisms.organisms.train --out {args.out} --seed {args.seed} --steps {args.steps} --max-turns {args.max_turns} --minutes 100`,
+`python -m mechanisms.organisms.train --recipe {args.recipe} --out {args.out} --seed {args.seed} --steps {args.steps} --max-turns {args.max_turns} --minutes 100`,
 then `... --init {args.out}` until the log's last row says `done`.
 
 What it was taught (read this before reading a report made on it):

@@ -69,13 +69,13 @@ def render_views(scenes: list[SceneSpec], workers: int, chunk: int = 200) -> lis
 
 
 def pretrain_vision(model, views: list[tuple[np.ndarray, np.ndarray]], steps: int, batch: int, lr: float,
-                    seed: int, log, device: str = "cpu") -> None:
+                    seed: int, log, device: str = "cpu", pooling: str = "max") -> None:
     """tiny-internvl's tower: which categories are visible in each view (tile or thumbnail)."""
     tower = model.model.vision_tower
     pixels = torch.from_numpy(np.concatenate([p for p, _ in views])).to(device)
     targets = torch.from_numpy(np.concatenate([t for _, t in views]))
     pretrain_tower(tower, tower.embeddings.position_embeddings, pixels, targets, steps, batch, lr, seed, log,
-                   pooling="max")
+                   pooling=pooling)
 
 
 @torch.no_grad()
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
+    parser.add_argument("--recipe", default=tiny_internvl.TRAINING, choices=sorted(tiny_internvl.RECIPES),
+                        help="LM generation (tiny_internvl.RECIPES); v1's own schedule is at commit d4d369a")
     parser.add_argument("--init", type=Path, default=None,
                         help="resume from a checkpoint this command wrote: the next phase continues the schedule "
                              "at the step it reached (new batch order; the tower stays frozen)")
@@ -142,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = tiny_internvl.build_tokenizer()
     processor = tiny_internvl.build_processor(tokenizer)
     if args.init is None:
-        model = tiny_internvl.build_model(args.seed, tokenizer).to(args.device)
-        pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log, args.device)
+        model = tiny_internvl.build_model(args.seed, tokenizer, recipe=args.recipe).to(args.device)
+        pretrain_vision(model, views, args.vision_steps, 64, 2e-3, args.seed, log, args.device,
+                        tiny_internvl.RECIPES[args.recipe].tower_pooling)
     else:
         from transformers import InternVLForConditionalGeneration
 
@@ -208,12 +211,12 @@ def model_card(args) -> str:
 
 A real `InternVLForConditionalGeneration`: InternViT-style tower ({tiny_internvl.TILE_SIZE} px tiles, patch {tiny_internvl.PATCH_SIZE} =
 {tiny_internvl.PATCH_GRID}x{tiny_internvl.PATCH_GRID} patches, 3 layers, hidden 128), pixel shuffle 0.5 ({tiny_internvl.TOKENS_PER_VIEW} tokens per view), two-layer MLP projector, Qwen3 LM
-({tiny_internvl.LM_LAYERS} layers, {tiny_internvl.LM_HEADS} query heads, {tiny_internvl.LM_KV_HEADS} key/value heads, hidden 128); an `InternVLProcessor` with dynamic tiling
+({tiny_internvl.RECIPES[args.recipe].lm_layers} layers, {tiny_internvl.RECIPES[args.recipe].lm_heads} query heads, {tiny_internvl.RECIPES[args.recipe].lm_kv_heads} key/value heads, hidden 128; recipe {args.recipe}); an `InternVLProcessor` with dynamic tiling
 (at most {tiny_internvl.MAX_TILES} local tiles, a global thumbnail last when there is more than one tile), trained
 on vlm-mechanisms' synthetic shape scenes.
 
 Reproduce (one schedule of {args.steps} steps, in phases that each resume the last; 2 CPU cores, or `--device cuda`):
-`python -m mechanisms.organisms.train_internvl --out {args.out} --seed {args.seed} --steps {args.steps}
+`python -m mechanisms.organisms.train_internvl --recipe {args.recipe} --out {args.out} --seed {args.seed} --steps {args.steps}
 --train-scenes {args.train_scenes} --batch {args.batch} --micro-batch {args.micro_batch} --max-turns {args.max_turns} --minutes 100`,
 then the same with `--init {args.out}` until the log's last row says `done`. This checkpoint ends phase {args.phase}.
 
