@@ -96,10 +96,11 @@ def _zero_early_attention(adapter, seed: int) -> None:
             raise RuntimeError("early-attention-off needs the LM to be called with inputs_embeds")
         flat = embeds.detach().reshape(-1, embeds.shape[-1]).to(embedding.dtype)
         is_text = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
-        for start in range(0, flat.shape[0], 4096):  # nearest vocabulary row, then exact equality
-            part = flat[start:start + 4096]
-            nearest = torch.cdist(part.float(), embedding.float()).argmin(1)
-            is_text[start:start + 4096] = (embedding[nearest] == part).all(1)
+        table = embedding.float()  # once per pass; chunks of positions bound the distance matrix (a 152k vocab)
+        for start in range(0, flat.shape[0], 1024):  # nearest vocabulary row, then exact equality
+            part = flat[start:start + 1024]
+            nearest = torch.cdist(part.float(), table).argmin(1)
+            is_text[start:start + 1024] = (embedding[nearest] == part).all(1)
         is_image = ~is_text.reshape(embeds.shape[:2])
         seen = torch.cumsum(is_image.long(), 1)
         total = seen[:, -1:]

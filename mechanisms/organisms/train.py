@@ -224,6 +224,20 @@ def tower_features(model, pixels: torch.Tensor, batch: int = 128) -> torch.Tenso
     return torch.cat(parts)
 
 
+def answer_loss_backward(adapter, batch, tower_features: torch.Tensor, n_micro: int, device) -> float:
+    """One micro-batch of chats: projector on the frozen tower's features, the LM on the chat with those
+    tokens in place, cross-entropy on the answers only; gradients accumulated (scaled by 1 / n_micro)."""
+    input_ids, labels, attention = (t.to(device) for t in batch)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        visual = adapter.projector()(tower_features.float())
+        embeds = adapter.embed_with_visual_tokens(input_ids, visual)
+        logits = adapter.model(inputs_embeds=embeds, attention_mask=attention).logits
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=-100)
+    (loss / n_micro).backward()
+    return loss.item()
+
+
 def resume_point(log_rows: list[dict]) -> tuple[int, int]:
     """(phase, step) the last checkpoint of a run ended at: the next phase continues its schedule there."""
     evals = [row for row in log_rows if row.get("stage") == "eval"]
@@ -307,7 +321,6 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(phase_seed + 1)
     card = model_card(args)
-    projector = adapter.projector()
     running = []
     for step in range(start_step, args.steps):
         model.train()
@@ -319,16 +332,8 @@ def main(argv: list[str] | None = None) -> None:
         # micro-batches: CPU attention over ~400-token rows is faster in small batches
         micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
         for part in micro:
-            input_ids, labels, attention = (t.to(device) for t in collate([builder.encode(scenes[i]) for i in part],
-                                                                           tokenizer.pad_token_id))
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                visual = projector(features[part].float())
-                embeds = adapter.embed_with_visual_tokens(input_ids, visual)
-                logits = model(inputs_embeds=embeds, attention_mask=attention).logits
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
-            (loss / len(micro)).backward()
-            running.append(loss.item())
+            batch = collate([builder.encode(scenes[i]) for i in part], tokenizer.pad_token_id)
+            running.append(answer_loss_backward(adapter, batch, features[part], len(micro), device))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mechanisms.data.synthetic import CATEGORY_NAMES, SceneConfig, SceneSpec, generate_scenes, render_mask, render_scene
 from mechanisms.models.adapters.internvl import InternVLAdapter
@@ -30,6 +29,7 @@ from mechanisms.organisms import tiny_internvl
 from mechanisms.organisms.train import (
     TRAIN_SCENE_SEED_OFFSET,
     ChatBuilder,
+    answer_loss_backward,
     collate,
     learning_rate,
     pretrain_tower,
@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator().manual_seed(phase_seed + 1)
     card = model_card(args)
     running = []
-    projector = adapter.projector()
     for step in range(start_step, args.steps):
         model.train()
         idx = torch.randint(0, len(scenes), (args.batch,), generator=gen).tolist()
@@ -178,16 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         # micro-batches: CPU attention over ~500-token rows is several times faster in small batches
         micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
         for part in micro:
-            input_ids, labels, attention = (t.to(device) for t in collate([builder.encode(scenes[i]) for i in part],
-                                                                           tokenizer.pad_token_id))
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                visual = projector(torch.cat([features[i] for i in part]).float())
-                embeds = adapter.embed_with_visual_tokens(input_ids, visual)
-                logits = model(inputs_embeds=embeds, attention_mask=attention).logits
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
-            (loss / len(micro)).backward()
-            running.append(loss.item())
+            batch = collate([builder.encode(scenes[i]) for i in part], tokenizer.pad_token_id)
+            running.append(answer_loss_backward(adapter, batch, torch.cat([features[i] for i in part]), len(micro),
+                                                device))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0:
