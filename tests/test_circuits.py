@@ -114,7 +114,7 @@ def test_mediation_matches_naive_loop_and_nnsight(vlm, dataset):
     layout = vlm.adapter.head_layout()
     heads = [(0, 0), (1, 3), (layout.n_layers - 1, 2)]
     for spec in (BOX, BINARY):
-        ours = mediation.mediate_pair(vlm, dataset, sample, spec, batch_size=7)
+        ours = mediation.mediate_pair(vlm, dataset, sample, spec, rows=7)
         index = [l * layout.n_query_heads + h for l, h in heads]
         for reference in (naive_mediation(vlm, dataset, sample, spec, heads),
                           nnsight_mediation(vlm, dataset, sample, spec, heads)):

@@ -99,3 +99,51 @@ def test_the_disk_check_estimates_the_extraction_and_stops_a_run_that_would_not_
     written = sum(p.stat().st_size for p in root.rglob("*.npz"))
     assert abs(written - estimate) < 0.1 * written
     check_disk(adapter, [(loaders, root, 2)], budget_bytes=0)  # nothing left to extract: nothing needed
+
+
+def test_a_token_subset_is_seeded_per_image_and_stage_and_bounds_the_disk(adapter, tmp_path):
+    """`tokens_per_image` keeps that many tokens of every image in every stage, the same ones whatever the
+    chunking, different ones for another seed; the estimate follows the subset (within 10 %)."""
+    from mechanisms.experiments.probing import estimate_extraction_bytes, load_npz
+
+    loaders, _ = image_set("synthetic:5:6")
+
+    def kept(root, chunk_images, seed):
+        extraction = extract(adapter, loaders, root, chunk_images=chunk_images, tokens_per_image=5, seed=seed)
+        out = {}
+        for stage in extraction.stages:
+            parts = [load_npz(p) for p in extraction.chunks(stage)]
+            out[stage] = (np.concatenate([p["image"] for p in parts]), np.concatenate([p["rows"] for p in parts]),
+                          np.concatenate([p["cols"] for p in parts]), np.concatenate([p["x"] for p in parts]))
+        return out
+
+    by_two, by_three, other_seed = kept(tmp_path / "a", 2, 0), kept(tmp_path / "b", 3, 0), kept(tmp_path / "c", 2, 1)
+    for stage, (image, rows, cols, x) in by_two.items():
+        assert (np.bincount(image) == 5).all()  # 5 tokens of each of the 6 images
+        for mine, theirs in zip((image, rows, cols, x), by_three[stage]):
+            assert np.array_equal(mine, theirs)
+    assert any(not np.array_equal(by_two[s][1:3], other_seed[s][1:3]) for s in by_two)
+    written = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.npz"))
+    estimate, _ = estimate_extraction_bytes(adapter, loaders, tokens_per_image=5)
+    full, _ = estimate_extraction_bytes(adapter, loaders)
+    assert estimate < full / 10
+    assert abs(written - estimate) < 0.1 * written + 4096 * len(by_two)  # npz headers per file
+
+
+def test_streamed_test_scoring_equals_scoring_a_stored_extraction(adapter, tmp_path):
+    """Scoring probes on test images streamed (never stored) gives the result of scoring their stored states."""
+    from mechanisms.experiments.probing import evaluate_streamed, fit_probe
+
+    train = extract(adapter, image_set("synthetic:5:6")[0], tmp_path / "train", chunk_images=3)
+    test_loaders, _ = image_set("synthetic:6:4")
+    test = extract(adapter, test_loaders, tmp_path / "test", chunk_images=2)
+    grid = adapter.grid
+    stages = ["projector", "llm.01"]
+    stored = {stage: train_probe(train, test, stage, grid, grid, epochs=2, seed=3) for stage in stages}
+    probes = {stage: fit_probe(train, stage, grid, grid, epochs=2, seed=3) for stage in stages}
+    streamed = evaluate_streamed(adapter, test_loaders, probes, chunk_images=2)
+    for stage in stages:
+        a, b = stored[stage], streamed[stage]
+        assert (a.row_accuracy, a.col_accuracy) == (b.row_accuracy, b.col_accuracy)
+        assert np.array_equal(a.both_correct, b.both_correct) and np.array_equal(a.test_images, b.test_images)
+        np.testing.assert_array_equal(a.per_position, b.per_position)

@@ -2,17 +2,20 @@
 
 Every token after the image is blocked from attending to the object's image tokens in a group of
 consecutive LM layers, in single layers, or in all layers (the hook: `interventions.knockout`). Each
-image's prefix runs once (`experiments.prefix`); all groups decode together from its cache.
+image's prefix runs once (`experiments.prefix`); all groups decode together on it, each group's row joining
+the batch at its first knocked-out layer (the prompt's layers below are the baseline's).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
-from mechanisms.experiments.prefix import progress, run_prefix
+from mechanisms.experiments.prefix import greedy_on_prefix, progress, run_prefix
 from mechanisms.interventions import conditions
-from mechanisms.interventions.knockout import knocking_out, spec_per_layer_set
+from mechanisms.interventions.knockout import spec_per_layer_set
 from mechanisms.interventions.selection import object_tokens
 from mechanisms.models import sites
 from mechanisms.tasks.specs import TaskSpec
@@ -61,12 +64,14 @@ def _knockout_one(vlm, dataset, sample, spec, groups, names, padding) -> list[st
     prefix = run_prefix(adapter, inputs)
     selected = object_tokens(adapter.views(sample.width, sample.height), dataset.mask(sample), padding)
     keys = prefix.image_positions[torch.as_tensor(selected, device=prefix.image_positions.device)]
-    seq = prefix.inputs["input_ids"]
-    knockout = spec_per_layer_set(keys.cpu(), seq.shape[1], prefix.end,
-                                  [set()] + [groups[n] for n in names[1:]], n_layers)
-    with knocking_out(adapter, knockout):
-        out = adapter.model.generate(
-            input_ids=seq.expand(len(names), -1), attention_mask=prefix.inputs["attention_mask"].expand(
-                len(names), -1), cache=prefix.cache_for(len(names)), do_sample=False,
-            max_new_tokens=spec.max_new_tokens, pad_token_id=adapter.tokenizer.pad_token_id)
-    return adapter.decode_answers(out[:, seq.shape[1]:])
+    # rows in the order they join: the baseline first, then each group at its first knocked-out layer
+    order = sorted(range(len(names)), key=lambda i: (0, i) if i == 0 else (min(groups[names[i]]), i))
+    layer_sets = [set() if i == 0 else groups[names[i]] for i in order]
+    knockout = spec_per_layer_set(keys.cpu(), prefix.inputs["input_ids"].shape[1], prefix.end, layer_sets, n_layers)
+    joining = dict(Counter(0 if not chosen else min(chosen) for chosen in layer_sets))
+    tokens = greedy_on_prefix(adapter, prefix, len(names), spec.max_new_tokens, knockout, joining)
+    texts = adapter.decode_answers(tokens)
+    answers = [""] * len(names)
+    for row, index in enumerate(order):
+        answers[index] = texts[row]
+    return answers

@@ -3,19 +3,21 @@
 For each (image, object) pair the source run sees the object and the base run the object-removed image;
 each head's source output at the prompt positions is patched into the base run and the correct answer's
 perplexity (over the spec's scored tokens) is read: MF = (P_base - P_patched) / (P_base - P_src). The base
-run's prefix runs once (`experiments.prefix`) and every head is one element of a batch decoded from it.
+run's prefix runs once (`experiments.prefix`); every head is one row of a batch run on it, joining at its layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
-from mechanisms.experiments.prefix import progress, run_prefix
+from mechanisms.experiments.prefix import (branching, memory_budget, on_prefix, progress, recording_layer_inputs,
+                                           rows_that_fit, run_prefix, suffix_position_ids)
 from mechanisms.interventions.heads import patching_heads, recording_heads
 from mechanisms.models.sites import Head, all_heads
 from mechanisms.storage import storable
@@ -42,9 +44,13 @@ class PairMediation:
 
 
 @torch.no_grad()
-def mediate_pair(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, batch_size: int = 64) -> PairMediation:
-    """Patch every head's source output (object present) into the base run (object removed), one head per
-    batch element, at the prompt positions (after the image, before the answer); score the correct answer."""
+def mediate_pair(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, rows: int | None = None) -> PairMediation:
+    """Patch every head's source output (object present) into the base run (object removed) at the prompt
+    positions (after the image, before the answer); score the correct answer.
+
+    One base run of the suffix on the shared prefix records each layer's input; a head of layer l then
+    joins the batch at layer l from there (`prefix.branching`), `rows` heads per forward (default: as many
+    as fit the device's memory budget)."""
     adapter = vlm.adapter
     layout = adapter.head_layout()
     question, answer = spec.question(sample, dataset.categories), spec.correct_answer(adapter, sample)
@@ -64,20 +70,29 @@ def mediate_pair(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, ba
     p_source = float(perplexity(source_logits[:, :-1], targets, scored)[0])
 
     prefix = run_prefix(adapter, base_inputs)
-    suffix = prefix.inputs["input_ids"][:, prefix.end:]
-    mask = prefix.inputs["attention_mask"]
+    suffix = prefix.suffix_ids
+    positions = suffix_position_ids(prefix, 0, suffix.shape[1])
     source_suffix = {layer: z[:, prefix.end:] for layer, z in recorded.items()}
     prompt_positions = slice(0, span.start - prefix.end)
-    variants: list[Head | None] = [None, *all_heads(layout.n_layers, layout.n_query_heads)]
+    heads = all_heads(layout.n_layers, layout.n_query_heads)  # layer-major: the order rows join in
+    rows = rows or rows_that_fit(adapter, suffix.shape[1], base_inputs["input_ids"].shape[1], memory_budget(device),
+                                 len(heads))
+    base_states: dict[int, torch.Tensor] = {}
     perplexities = []
-    for start in range(0, len(variants), batch_size):
-        chunk = variants[start:start + batch_size]
-        with patching_heads(adapter, chunk, source_suffix, prompt_positions):
-            logits = adapter.model(input_ids=suffix.expand(len(chunk), -1), attention_mask=mask.expand(len(chunk), -1),
-                                   cache=prefix.cache_for(len(chunk)), logits_to_keep=kept).logits
-        perplexities.append(perplexity(logits[:, :-1], targets, scored))
+    with on_prefix(adapter, prefix):
+        with recording_layer_inputs(adapter, base_states):
+            logits = adapter.model(input_ids=suffix, position_ids=positions, logits_to_keep=kept).logits
+        p_base = float(perplexity(logits[:, :-1], targets, scored)[0])
+        for start in range(0, len(heads), rows):
+            chunk = heads[start:start + rows]
+            joining = dict(Counter(layer for layer, _ in chunk))
+            with branching(adapter, base_states, joining), patching_heads(adapter, chunk, source_suffix,
+                                                                          prompt_positions):
+                logits = adapter.model(input_ids=suffix.expand(joining[min(joining)], -1), position_ids=positions,
+                                       logits_to_keep=kept).logits
+            perplexities.append(perplexity(logits[:, :-1], targets, scored))
     p = torch.cat(perplexities).cpu().numpy()
-    return PairMediation(p_source, float(p[0]), p[1:].reshape(layout.n_layers, layout.n_query_heads))
+    return PairMediation(p_source, p_base, p.reshape(layout.n_layers, layout.n_query_heads))
 
 
 @storable
@@ -100,7 +115,7 @@ class Mediation:
 
 
 def mediation(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec, min_relative_gap: float,
-              batch_size: int = 64) -> Mediation:
+              rows: int | None = None) -> Mediation:
     """MF = (P_base - P_patched) / (P_base - P_src) per head, averaged over pairs with
     P_base - P_src >= min_relative_gap * P_src (a smaller gap makes the ratio noise)."""
     key = ("mediation", dataset.fingerprint, spec.name, min_relative_gap, tuple(s.annotation_id for s in samples))
@@ -109,7 +124,7 @@ def mediation(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec
         kept, excluded, fractions = [], [], []
         for sample in progress(samples, f"head mediation ({spec.task})"):
             pair = vlm.memo(("mediation-pair", dataset.fingerprint, spec.name, sample.annotation_id),
-                            lambda sample=sample: mediate_pair(vlm, dataset, sample, spec, batch_size))
+                            lambda sample=sample: mediate_pair(vlm, dataset, sample, spec, rows))
             if pair.p_base - pair.p_source < min_relative_gap * pair.p_source:
                 excluded.append(sample.annotation_id)
                 continue

@@ -1,12 +1,18 @@
 """Positional decoding (§3.2, Figures 2 and 11): can a linear probe read a token's grid position from
 its hidden state, stage by stage (vision backbone layers, projector output, LM layers)?
 
-Extraction streams: images go through the model a chunk at a time and every stage's image-token states
-are written to disk as one file per (stage, chunk), atomically, so memory stays bounded by the chunk and
-a killed extraction resumes from the first missing chunk. Probes then stream the same files: one linear
+Training images go through the model a chunk at a time and every stage's image-token states are written
+to disk as one file per (stage, chunk), atomically, so memory stays bounded by the chunk and a killed
+extraction resumes from the first missing chunk. Probes then stream the same files: one linear
 classifier per axis (row, column), trained with minibatch SGD (Adam) for a fixed number of epochs, its
 inputs standardized with statistics of the training set. Labels are each token's (row, col) in its own
 view, so the code is the same for LLaVA's one grid and InternVL's tiles + thumbnail.
+
+Disk at the paper's scale (50,000 training images) is bounded by storing, per training image and stage,
+a seeded random subset of `tokens_per_image` token positions (0: all): every stage's states of one LLaVA-7B
+token take ~322 kB in fp16, so all 576 tokens of 50k images would be ~9 TB, 4 per image ~64 GB. Test
+images are never stored: the trained probes read them in one streamed pass (`evaluate_streamed`), so every
+test token and grid position is scored whatever the training subset.
 """
 
 from __future__ import annotations
@@ -89,8 +95,30 @@ class Extraction:
         return [self.root / stage / f"chunk-{i:05d}.npz" for i in range(self.n_chunks)]
 
 
-def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress: bool = False) -> Extraction:
-    """Write every stage's states for all images, chunk by chunk; finished chunks are kept (resume)."""
+def subsample(states: dict[str, tuple[np.ndarray, ...]], tokens_per_image: int, seed: int, first_image: int
+              ) -> dict[str, tuple[np.ndarray, ...]]:
+    """Keep `tokens_per_image` seeded random tokens of each image in each stage (all when it has fewer; 0:
+    all). The draw depends on (seed, stage, image index) only, not on the chunking or the other images."""
+    if not tokens_per_image:
+        return states
+    kept = {}
+    for stage, arrays in states.items():
+        image = arrays[3]
+        chosen = []
+        for index in np.unique(image):
+            positions = np.flatnonzero(image == index)
+            salt = int(hashlib.sha256(f"{seed}:{stage}:{first_image + int(index)}".encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng(salt)
+            chosen.append(np.sort(rng.choice(positions, min(tokens_per_image, len(positions)), replace=False)))
+        chosen = np.concatenate(chosen)
+        kept[stage] = tuple(a[chosen] for a in arrays)
+    return kept
+
+
+def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress: bool = False,
+            tokens_per_image: int = 0, seed: int = 0) -> Extraction:
+    """Write every stage's states for all images (or `tokens_per_image` of each, `subsample`), chunk by
+    chunk; finished chunks are kept (resume)."""
     root = Path(root)
     n_chunks = (len(loaders) + chunk_images - 1) // chunk_images
     stages_file = root / "stages.json"
@@ -103,7 +131,7 @@ def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress
         if stages is not None and all(load_npz(root / s / f"chunk-{chunk:05d}.npz") is not None for s in stages):
             continue
         images = [load() for load in loaders[chunk * chunk_images:(chunk + 1) * chunk_images]]
-        states = stage_states(adapter, images)
+        states = subsample(stage_states(adapter, images), tokens_per_image, seed, chunk * chunk_images)
         for stage, (x, rows, cols, image) in states.items():
             save_npz(root / stage / f"chunk-{chunk:05d}.npz", x=x, rows=rows.astype(np.int16),
                       cols=cols.astype(np.int16), image=(image + chunk * chunk_images).astype(np.int32))
@@ -162,9 +190,27 @@ def _standardizer(chunks: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_cols: int, epochs: int = 10,
-                batch_size: int = 512, lr: float = 1e-3, seed: int = 0, shuffle_labels: bool = False) -> ProbeResult:
-    """Two linear classifiers (row, col) on one stage's states; `shuffle_labels` is the chance control."""
+@dataclass
+class FittedProbe:
+    """One stage's two linear classifiers (row, col) and the training set's standardization."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    rows_head: torch.nn.Linear
+    cols_head: torch.nn.Linear
+    n_rows: int
+    n_cols: int
+
+    @torch.no_grad()
+    def predict(self, x16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) predictions for fp16 states [n, d] (as stored)."""
+        x = (torch.from_numpy(np.ascontiguousarray(x16)).float() - self.mean) / self.std
+        return self.rows_head(x).argmax(-1).numpy(), self.cols_head(x).argmax(-1).numpy()
+
+
+def fit_probe(train: Extraction, stage: str, n_rows: int, n_cols: int, epochs: int = 10, batch_size: int = 512,
+              lr: float = 1e-3, seed: int = 0, shuffle_labels: bool = False) -> FittedProbe:
+    """Train one stage's probes on its stored chunks; `shuffle_labels` is the chance control."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     chunks = train.chunks(stage)
@@ -191,29 +237,58 @@ def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    row_hits, col_hits, all_rows, all_cols, all_images = [], [], [], [], []
-    with torch.no_grad():
-        for path in test.chunks(stage):
-            data = load_npz(path)
-            x = (torch.from_numpy(data["x"]).float() - mean) / std
-            rows, cols = data["rows"].astype(int), data["cols"].astype(int)
-            row_hits.append(rows_head(x).argmax(-1).numpy() == rows)
-            col_hits.append(cols_head(x).argmax(-1).numpy() == cols)
-            all_rows.append(rows)
-            all_cols.append(cols)
-            all_images.append(data["image"])
-    row_hits, col_hits = np.concatenate(row_hits), np.concatenate(col_hits)
-    test_rows, test_cols = np.concatenate(all_rows), np.concatenate(all_cols)
-    both = row_hits & col_hits
-    per_position = np.full((n_rows, n_cols), np.nan)
-    for r in range(n_rows):
-        for c in range(n_cols):
-            here = (test_rows == r) & (test_cols == c)
-            if here.any():
-                per_position[r, c] = both[here].mean()
-    return ProbeResult(stage, float(row_hits.mean()), float(col_hits.mean()), per_position,
-                       (row_hits.astype(float) + col_hits.astype(float)) / 2, test_rows, test_cols,
-                       np.concatenate(all_images), both)
+    return FittedProbe(mean, std, rows_head, cols_head, n_rows, n_cols)
+
+
+class _Scores:
+    """Test predictions of one probe, accumulated chunk by chunk, then the `ProbeResult`."""
+
+    def __init__(self, stage: str, probe: FittedProbe):
+        self.stage, self.probe, self.parts = stage, probe, []
+
+    def add(self, x16: np.ndarray, rows: np.ndarray, cols: np.ndarray, images: np.ndarray) -> None:
+        row_pred, col_pred = self.probe.predict(x16)
+        rows, cols = rows.astype(int), cols.astype(int)
+        self.parts.append((row_pred == rows, col_pred == cols, rows, cols, images))
+
+    def result(self) -> ProbeResult:
+        row_hits, col_hits, test_rows, test_cols, images = (np.concatenate([p[k] for p in self.parts])
+                                                            for k in range(5))
+        both = row_hits & col_hits
+        per_position = np.full((self.probe.n_rows, self.probe.n_cols), np.nan)
+        for r in range(self.probe.n_rows):
+            for c in range(self.probe.n_cols):
+                here = (test_rows == r) & (test_cols == c)
+                if here.any():
+                    per_position[r, c] = both[here].mean()
+        return ProbeResult(self.stage, float(row_hits.mean()), float(col_hits.mean()), per_position,
+                           (row_hits.astype(float) + col_hits.astype(float)) / 2, test_rows, test_cols, images, both)
+
+
+def train_probe(train: Extraction, test: Extraction, stage: str, n_rows: int, n_cols: int, epochs: int = 10,
+                batch_size: int = 512, lr: float = 1e-3, seed: int = 0, shuffle_labels: bool = False) -> ProbeResult:
+    """Fit one stage's probes (`fit_probe`) and score them on a stored test extraction."""
+    probe = fit_probe(train, stage, n_rows, n_cols, epochs, batch_size, lr, seed, shuffle_labels)
+    scores = _Scores(stage, probe)
+    for path in test.chunks(stage):
+        data = load_npz(path)
+        scores.add(data["x"], data["rows"], data["cols"], data["image"])
+    return scores.result()
+
+
+def evaluate_streamed(adapter, loaders: list, probes: dict[str, FittedProbe], chunk_images: int = 32,
+                      stage_of: dict[str, str] | None = None) -> dict[str, ProbeResult]:
+    """Score fitted probes on test images without storing their states: one forward pass per chunk, each
+    stage's states (rounded to fp16, as stored for training) read by that stage's probe. `stage_of` maps a
+    result's name to the stage its probe reads (default: the same name)."""
+    stage_of = stage_of or {name: name for name in probes}
+    scores = {name: _Scores(stage_of[name], probe) for name, probe in probes.items()}
+    for chunk in range(0, len(loaders), chunk_images):
+        states = stage_states(adapter, [load() for load in loaders[chunk:chunk + chunk_images]])
+        for name, score in scores.items():
+            x, rows, cols, image = states[stage_of[name]]
+            score.add(x, rows, cols, image + chunk)
+    return {name: score.result() for name, score in scores.items()}
 
 
 def corner_mask(n_rows: int, n_cols: int) -> np.ndarray:
@@ -250,23 +325,29 @@ class ProbeDiskError(RuntimeError):
     """The probe extraction would not fit the disk budget; the message says what it needs and what to change."""
 
 
-def estimate_extraction_bytes(adapter, loaders: list) -> tuple[int, int]:
-    """(estimated bytes of every stage's states for all images, bytes per view) from one image's extraction
-    and every image's number of views (fp16 states, int16 labels)."""
+def estimate_extraction_bytes(adapter, loaders: list, tokens_per_image: int = 0) -> tuple[int, int]:
+    """(estimated bytes of the stored states for all images, bytes per image on average) from one image's
+    extraction and every image's number of views (fp16 states, int16 labels, int32 image index)."""
     first = loaders[0]()
     states = stage_states(adapter, [first])
-    per_view = sum(x.nbytes + rows.size * 2 + cols.size * 2 + image.size * 4  # as `extract` stores them
-                   for x, rows, cols, image in states.values()) / len(adapter.views(*first.size))
-    views = sum(len(adapter.views(*load().size)) for load in loaders)
-    return int(per_view * views), int(per_view)
+    first_views = len(adapter.views(*first.size))
+    total = 0.0
+    views = [len(adapter.views(*load().size)) for load in loaders]
+    for x, rows, _, _ in states.values():
+        per_token = x.nbytes / len(rows) + 8  # as `extract` stores them
+        per_view_tokens = len(rows) / first_views
+        total += sum(per_token * (min(tokens_per_image, v * per_view_tokens) if tokens_per_image
+                                  else v * per_view_tokens) for v in views)
+    return int(total), int(total / max(len(loaders), 1))
 
 
-def check_disk(adapter, sets: list[tuple[list, Path, int]], budget_bytes: int | None) -> None:
+def check_disk(adapter, sets: list[tuple[list, Path, int]], budget_bytes: int | None,
+               tokens_per_image: int = 0) -> None:
     """Before extracting anything: the chunks still missing must fit the budget (default: the free space of
     the cache's disk), else ProbeDiskError."""
     import shutil
 
-    needed, per_view, images = 0, 0, 0
+    needed, per_image, images = 0, 0, 0
     for loaders, root, chunk_images in sets:
         n_chunks = (len(loaders) + chunk_images - 1) // chunk_images
         stages_file = root / "stages.json"
@@ -274,7 +355,7 @@ def check_disk(adapter, sets: list[tuple[list, Path, int]], budget_bytes: int | 
         done = 0 if stages is None else sum(all((root / s / f"chunk-{c:05d}.npz").is_file() for s in stages)
                                             for c in range(n_chunks))
         if done < n_chunks:
-            total, per_view = estimate_extraction_bytes(adapter, loaders)
+            total, per_image = estimate_extraction_bytes(adapter, loaders, tokens_per_image)
             needed += total * (n_chunks - done) // n_chunks
             images += len(loaders)
     if not needed:
@@ -284,36 +365,45 @@ def check_disk(adapter, sets: list[tuple[list, Path, int]], budget_bytes: int | 
     allowed = budget_bytes if budget_bytes is not None else shutil.disk_usage(root).free - (1 << 30)
     if needed > allowed:
         raise ProbeDiskError(
-            f"positional probes would write ~{needed / 1e9:.1f} GB of hidden states for {images} images "
-            f"({per_view / 1e6:.1f} MB per view, every stage, fp16) under {root.parent}, but "
-            f"{max(allowed, 0) / 1e9:.1f} GB are allowed: use fewer --probe-train/--probe-test images, a larger "
-            "--probe-disk-budget, or a --result-cache folder on a larger disk")
+            f"positional probes would write ~{needed / 1e9:.1f} GB of hidden states for {images} training images "
+            f"({per_image / 1e6:.2f} MB per image: "
+            f"{'all tokens' if not tokens_per_image else f'{tokens_per_image} tokens'} per image, every stage, "
+            f"fp16) under {root.parent}, but {max(allowed, 0) / 1e9:.1f} GB are allowed: store fewer tokens per "
+            "image (--probe-tokens-per-image), use fewer --probe-train images, a larger --probe-disk-budget, or "
+            "a --result-cache folder on a larger disk")
 
 
 def probe_study(vlm, train_spec: str, test_spec: str, epochs: int, chunk_images: int, seed: int,
-                disk_budget_bytes: int | None = None) -> ProbeStudy:
-    """Extract (cached on disk, resumable) and probe every stage; memoized per worker. The disk the
-    extraction needs is checked first (`check_disk`)."""
+                disk_budget_bytes: int | None = None, tokens_per_image: int = 0) -> ProbeStudy:
+    """Extract the training images (cached on disk, resumable; `tokens_per_image` of each, 0: all), probe
+    every stage, and score all probes on the test images in one streamed pass; memoized per worker. The
+    disk the extraction needs is checked first (`check_disk`)."""
     from mechanisms.data import cache_root
     from mechanisms.data.image_sets import image_set
 
-    key = ("probe-study", train_spec, test_spec, epochs, chunk_images, seed)
+    key = ("probe-study", train_spec, test_spec, epochs, chunk_images, seed, tokens_per_image)
 
     def compute() -> ProbeStudy:
-        sets = []
-        for spec in (train_spec, test_spec):
-            loaders, fingerprint = image_set(spec)
-            sets.append((loaders, extraction_root(cache_root(), vlm.fingerprint, f"{fingerprint}:{chunk_images}"),
-                         chunk_images))
-        check_disk(vlm.adapter, sets, disk_budget_bytes)
-        extractions = [extract(vlm.adapter, loaders, root, chunk_images, progress=True) for loaders, root, _ in sets]
-        train, test = extractions
-        results = {}
+        loaders, fingerprint = image_set(train_spec)
+        stored = f"{fingerprint}:{chunk_images}" + (f":{tokens_per_image}-tokens:{seed}" if tokens_per_image else "")
+        root = extraction_root(cache_root(), vlm.fingerprint, stored)
+        check_disk(vlm.adapter, [(loaders, root, chunk_images)], disk_budget_bytes, tokens_per_image)
+        train = extract(vlm.adapter, loaders, root, chunk_images, progress=True, tokens_per_image=tokens_per_image,
+                        seed=seed)
+        probes = {}
         for stage in train.stages:
             rows, cols = _grid_of(train, stage)
-            results[stage] = train_probe(train, test, stage, rows, cols, epochs=epochs, seed=seed)
+            probes[stage] = fit_probe(train, stage, rows, cols, epochs=epochs, seed=seed)
         rows, cols = _grid_of(train, sites.PROJECTOR)
-        control = train_probe(train, test, sites.PROJECTOR, rows, cols, epochs=epochs, seed=seed, shuffle_labels=True)
+        probes[_CONTROL] = fit_probe(train, sites.PROJECTOR, rows, cols, epochs=epochs, seed=seed,
+                                     shuffle_labels=True)
+        test_loaders, _ = image_set(test_spec)
+        stage_of = {stage: stage for stage in train.stages} | {_CONTROL: sites.PROJECTOR}
+        results = evaluate_streamed(vlm.adapter, test_loaders, probes, chunk_images, stage_of)
+        control = results.pop(_CONTROL)
         return ProbeStudy(results, control)
 
     return vlm.memo(key, compute)
+
+
+_CONTROL = "shuffled-label control"

@@ -81,6 +81,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--probe-disk-budget", dest="vlm_probe_disk_budget", type=float, default=None, metavar="GB",
                     help="most disk the positional probes' hidden states may take (default: the free space left, "
                          "minus 1 GB); a run that would need more stops before extracting")
+    group.addoption("--probe-tokens-per-image", dest="vlm_probe_tokens", type=int, default=None, metavar="N",
+                    help="training tokens stored per image and stage, a seeded random subset (0: all; default: "
+                         "the profile's train_tokens_per_image); test images are scored streamed, all tokens")
     group.addoption("--result-cache", dest="vlm_result_cache", default=None, metavar="DIR",
                     help="where finished measurements are kept so a rerun resumes (default: .cache/results)")
     group.addoption("--no-result-cache", dest="vlm_no_result_cache", action="store_true",
@@ -492,7 +495,11 @@ def probes(vlm, claim, request: pytest.FixtureRequest):
     train = request.config.getoption("vlm_probe_train") or settings["train_images"]
     test = request.config.getoption("vlm_probe_test") or settings["test_images"]
     budget = request.config.getoption("vlm_probe_disk_budget")
+    tokens = request.config.getoption("vlm_probe_tokens")
+    tokens = settings["train_tokens_per_image"] if tokens is None else tokens
     study = probe_study(vlm, train, test, settings["epochs"], settings["chunk_images"], claim.seed,
-                        None if budget is None else int(budget * 1e9))
-    claim.note("probe images", f"train {train}, test {test}, {settings['epochs']} epochs")
+                        None if budget is None else int(budget * 1e9), tokens)
+    stored = "all tokens" if not tokens else f"{tokens} seeded random tokens"
+    claim.note("probe images", f"train {train} ({stored} per image and stage), test {test} (every token), "
+                               f"{settings['epochs']} epochs")
     return study
