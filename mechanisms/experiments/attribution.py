@@ -42,7 +42,7 @@ def answer_logprob(adapter, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 
 def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec,
-                         n_steps: int = 32) -> dict[int, np.ndarray]:
+                         n_steps: int = 32, steps_per_pass: int | None = None) -> dict[int, np.ndarray]:
     """Per-sample token scores (|IG attribution|, one per image token), memoized on the VLM.
 
     Memory is bounded: the interpolation steps run in chunks of the profile's batch size (captum's
@@ -68,13 +68,36 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spe
         with _no_parameter_gradients(adapter.model):
             attributions = IntegratedGradients(target).attribute(
                 features[None], baselines=mean.to(features.dtype)[None, None].expand_as(features[None]),
-                n_steps=n_steps, internal_batch_size=min(n_steps, vlm.profile.batch_size))
+                n_steps=n_steps, internal_batch_size=steps_per_pass or steps_that_fit(adapter, inputs["input_ids"].shape[1],
+                                                                                      n_steps))
         return attributions[0].float().sum(-1).abs().detach().cpu().numpy()
 
     target = f"{spec.name}:class-in-list" if spec.per_image else spec.name  # keys what is attributed
     return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, target, n_steps,
                                        vlm.reference_images, s.annotation_id), lambda s=s: compute(s))
             for s in samples}
+
+
+def ig_step_bytes(hidden: int, intermediate: int, layers: int, tokens: int, item: int) -> int:
+    """Activations one interpolation step keeps for its backward pass: per token and decoder layer about
+    11 hidden-wide tensors (norm outputs, q/k/v, attention output, residuals) and 4 MLP-wide ones (gate, up,
+    activation, product); memory-efficient attention keeps no score matrix. Measured on the CPU
+    (benchmarks/ig_memory.py, hidden 256, MLP 512): 19.1 values per (token, layer, hidden unit); this
+    formula gives 19.0."""
+    return (11 * hidden + 4 * intermediate) * tokens * layers * item
+
+
+def steps_that_fit(adapter, n_tokens: int, n_steps: int) -> int:
+    """Interpolation steps per forward/backward pass within the device's memory budget
+    (`prefix.memory_budget`, `ig_step_bytes` each)."""
+    from mechanisms.experiments.prefix import memory_budget
+
+    text = adapter.model.config.text_config
+    item = torch.finfo(adapter.model.dtype).bits // 8
+    per_step = ig_step_bytes(text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size),
+                             text.num_hidden_layers, n_tokens, item)
+    budget = memory_budget(next(adapter.model.parameters()).device)
+    return max(1, min(n_steps, int(budget // per_step)))
 
 
 def _teacher_forced(adapter, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, image, question):

@@ -306,15 +306,21 @@ def memory_budget(device: torch.device) -> int:
     return int(os.environ.get("VLM_CPU_MEMORY_BUDGET", 2 << 30))
 
 
+def suffix_row_bytes(heads: int, hidden: int, intermediate: int, item: int, suffix_len: int, context_len: int) -> int:
+    """Transient bytes of one suffix row in one decoder layer: the wider of the attention scores (float32,
+    prefix part and suffix part, exponentials in place) and the MLP's intermediate activations, plus the
+    residual stream, times the suffix length."""
+    attention = heads * context_len * 4 * 2
+    mlp = intermediate * 3 * item
+    return suffix_len * (max(attention, mlp) + 4 * hidden * item)
+
+
 def rows_that_fit(adapter, suffix_len: int, context_len: int, budget: int, most: int) -> int:
-    """How many suffix rows one forward may carry: per row, the widest transient of one decoder layer
-    (attention scores in float32 over the whole context, or the MLP's intermediate activations, with the
-    residual stream) times its suffix length, within `budget`; at least 1, at most `most`."""
+    """How many suffix rows one forward may carry within `budget` (`suffix_row_bytes` each); 1 to `most`."""
     text = adapter.model.config.text_config
     item = torch.finfo(adapter.model.dtype).bits // 8
-    attention = text.num_attention_heads * context_len * 4 * 2  # scores and probabilities
-    mlp = (getattr(text, "intermediate_size", 4 * text.hidden_size) * 3) * item
-    per_row = suffix_len * (max(attention, mlp) + 4 * text.hidden_size * item)
+    per_row = suffix_row_bytes(text.num_attention_heads, text.hidden_size,
+                               getattr(text, "intermediate_size", 4 * text.hidden_size), item, suffix_len, context_len)
     return max(1, min(most, budget // max(per_row, 1)))
 
 

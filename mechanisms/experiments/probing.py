@@ -131,14 +131,27 @@ def extract(adapter, loaders: list, root: Path, chunk_images: int = 32, progress
         if stages is not None and all(load_npz(root / s / f"chunk-{chunk:05d}.npz") is not None for s in stages):
             continue
         images = [load() for load in loaders[chunk * chunk_images:(chunk + 1) * chunk_images]]
-        states = subsample(stage_states(adapter, images), tokens_per_image, seed, chunk * chunk_images)
+        every = stage_states(adapter, images)
+        _record_grids(root, every)
+        states = subsample(every, tokens_per_image, seed, chunk * chunk_images)
         for stage, (x, rows, cols, image) in states.items():
             save_npz(root / stage / f"chunk-{chunk:05d}.npz", x=x, rows=rows.astype(np.int16),
                       cols=cols.astype(np.int16), image=(image + chunk * chunk_images).astype(np.int32))
         if stages is None:
             stages = list(states)
             atomic_write_json(stages_file, stages)
+    if loaders:
+        _record_grids(root, None, lambda: stage_states(adapter, [loaders[0]()]))  # an extraction resumed from before
     return Extraction(root, stages or [], n_chunks)
+
+
+def _record_grids(root: Path, states, compute=None) -> None:
+    """Each stage's token grid (rows, cols), from all tokens (a token subset may miss a row), once."""
+    if (root / "grids.json").is_file():
+        return
+    states = states if states is not None else compute()
+    atomic_write_json(root / "grids.json", {stage: [int(a[1].max()) + 1, int(a[2].max()) + 1]
+                                             for stage, a in states.items()})
 
 
 def extraction_root(cache_dir: Path, model_fingerprint: str, images_fingerprint: str) -> Path:
@@ -317,7 +330,12 @@ class ProbeStudy:
 
 
 def _grid_of(extraction: Extraction, stage: str) -> tuple[int, int]:
-    data = load_npz(extraction.chunks(stage)[0])
+    """(rows, cols) of a stage's token grid, recorded from all tokens at extraction."""
+    grids = extraction.root / "grids.json"
+    if grids.is_file():
+        rows, cols = json.loads(grids.read_text())[stage]
+        return rows, cols
+    data = load_npz(extraction.chunks(stage)[0])  # an extraction of every token (written before grids.json)
     return int(data["rows"].max()) + 1, int(data["cols"].max()) + 1
 
 

@@ -111,5 +111,7 @@ def _zero_early_attention(adapter, seed: int) -> None:
     for layer in range(half):
         def zero(module, args):
             keep = (~state["after_image"]).to(args[0].dtype).unsqueeze(-1)
+            if keep.shape[0] != args[0].shape[0]:  # rows that joined mid-pass copy row 0 (`prefix.branching`)
+                keep = keep[:1].expand(args[0].shape[0], -1, -1)
             return (args[0] * keep, *args[1:])
         adapter.head_outputs(layer).register_forward_pre_hook(zero)
