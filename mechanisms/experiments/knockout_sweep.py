@@ -1,7 +1,8 @@
 """Attention knockout by layer group (§3.3.1, Figures 3 and 12): answers with the object's keys blocked.
 
 Every token after the image is blocked from attending to the object's image tokens in a group of
-consecutive LM layers, in single layers, or in all layers (the hook: `interventions.knockout`). Each
+consecutive LM layers, in single layers, or in all layers (`interventions.knockout.KnockoutSpec`, applied
+inside the shared-prefix attention; `interventions.knockout.knocking_out` is the reference hook). Each
 image's prefix runs once (`experiments.prefix`); all groups decode together on it, each group's row joining
 the batch at its first knocked-out layer (the prompt's layers below are the baseline's).
 """

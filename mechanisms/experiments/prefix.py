@@ -88,25 +88,26 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=
     rows = group * q_len
     scaling = head_dim ** -0.5 if scaling is None else scaling
     device = query.device
+    wide = torch.float64 if query.dtype == torch.float64 else torch.float32  # scores and softmax
     q_pos = p_len + torch.arange(s_len - q_len, s_len, device=device)  # absolute query positions
 
     grouped = query.reshape(batch, n_kv, rows, head_dim)
     across_rows = grouped.transpose(0, 1).reshape(n_kv, batch * rows, head_dim)
-    on_prefix = torch.matmul(across_rows, prefix_keys[0].transpose(-1, -2).to(query.dtype)).float().mul_(scaling)
+    on_prefix = torch.matmul(across_rows, prefix_keys[0].transpose(-1, -2).to(query.dtype)).to(wide).mul_(scaling)
     blocked = _blocked_prefix_keys(context.knockout, module.layer_idx, batch, q_pos, p_len, sliding_window)
     if blocked is not None:  # [B, q, P] -> the score layout [KV, B, G, q, P]
         on_prefix.view(n_kv, batch, group, q_len, p_len).masked_fill_(blocked[None, :, None], float("-inf"))
-    on_suffix = torch.matmul(grouped, key.transpose(-1, -2)).float().mul_(scaling)
+    on_suffix = torch.matmul(grouped, key.transpose(-1, -2)).to(wide).mul_(scaling)
     k_pos = p_len + torch.arange(s_len, device=device)
     allowed = k_pos[None, :] <= q_pos[:, None]
     if sliding_window:
         allowed &= q_pos[:, None] - k_pos[None, :] < sliding_window
     on_suffix.view(batch, n_kv, group, q_len, s_len).masked_fill_(~allowed, float("-inf"))
 
-    prefix_max = on_prefix.amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)  # all-blocked rows
+    prefix_max = on_prefix.amax(-1, keepdim=True).clamp_min(torch.finfo(wide).min)  # all-blocked rows
     prefix_exp = on_prefix.sub_(prefix_max).exp_()
     prefix_sum = prefix_exp.sum(-1, keepdim=True)
-    prefix_out = torch.matmul(prefix_exp.to(value.dtype), prefix_values[0].to(value.dtype)).float()
+    prefix_out = torch.matmul(prefix_exp.to(value.dtype), prefix_values[0].to(value.dtype)).to(wide)
 
     def as_rows(t):  # [KV, B * rows, x] -> [B, KV, rows, x]
         return t.view(n_kv, batch, rows, t.shape[-1]).transpose(0, 1)
@@ -115,7 +116,7 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=
     suffix_max = on_suffix.amax(-1, keepdim=True)
     suffix_exp = on_suffix.sub_(suffix_max).exp_()
     suffix_sum = suffix_exp.sum(-1, keepdim=True)
-    suffix_out = torch.matmul(suffix_exp.to(value.dtype), value).float()
+    suffix_out = torch.matmul(suffix_exp.to(value.dtype), value).to(wide)
     top = torch.maximum(prefix_max, suffix_max)
     prefix_weight, suffix_weight = (prefix_max - top).exp_(), (suffix_max - top).exp_()
     out = (prefix_out * prefix_weight + suffix_out * suffix_weight) / (prefix_sum * prefix_weight

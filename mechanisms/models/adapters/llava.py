@@ -61,13 +61,19 @@ def load_llava(path, dtype: torch.dtype, device: str | torch.device) -> LlavaAda
     LLaVA-1.5 itself pads to square; a `LlavaImageProcessor` with `do_pad=True` built from the
     checkpoint's own settings replaces it, so geometry matches the paper's pre-processing.
     """
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessor
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     if str(device) == "auto":  # too large for one device: let accelerate place the layers
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map="auto").eval()
     else:
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(path)
+    return llava_adapter(model, AutoProcessor.from_pretrained(path))
+
+
+def llava_adapter(model, processor) -> LlavaAdapter:
+    """The adapter over a loaded LLaVA model and its checkpoint's processor (padding to square restored)."""
+    from transformers import LlavaImageProcessor
+
     current = processor.image_processor
     if not (isinstance(current, LlavaImageProcessor) and getattr(current, "do_pad", False)):
         settings = {k: v for k, v in current.to_dict().items()
