@@ -1,4 +1,4 @@
-"""What a paper-scale run of a profile costs, per experiment, before starting it (`mechanisms.cost_model`).
+"""What a paper-scale run of a profile costs, per experiment, before starting it (`mechanisms.experiments.costs`).
 
     python benchmarks/cost.py --profile llava7b|llava13b|internvl8b [--objects 2248] [--check-cpu]
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mechanisms import cost_model
+from mechanisms.experiments import costs as cost_model
 from mechanisms.models.registry import load_profiles
 
 

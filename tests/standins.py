@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real-configs"
+from mechanisms.models.paper_configs import LLAVA13B_TEXT, REAL  # the one place for both
+
 LLAVA_FILES = ["added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
                "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "tokenizer.json",
                "tokenizer_config.json"]
-# llava-hf/llava-1.5-13b-hf's text model (Vicuna-13B v1.5), as published; its other files equal 7B's
-LLAVA13B_TEXT = {"_name_or_path": "lmsys/vicuna-13b-v1.5", "hidden_size": 5120, "intermediate_size": 13824,
-                 "num_attention_heads": 40, "num_hidden_layers": 40}
 HEAD_DIM = 4  # stand-in width per head: head counts are kept, widths are not
 
 

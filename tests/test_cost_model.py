@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mechanisms import cost_model
+from mechanisms.experiments import costs as cost_model
 from mechanisms.models.paper_configs import PAPER_PROFILES, meta_model
 from mechanisms.models.registry import load_profiles
 

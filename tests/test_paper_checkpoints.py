@@ -8,6 +8,7 @@ checkpoint through `--model-path`: random weights fail the claims, nothing may e
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -149,3 +150,35 @@ def test_every_claim_runs_on_the_stand_in(standins, name, tmp_path):
             "contradicts", {}) else ())
         assert entry["outcome"] in allowed, (entry["nodeid"], entry.get("reason"))  # 2 samples
         assert entry["measurements"] and entry["expectations"], entry["nodeid"]
+
+
+@pytest.mark.parametrize("name", ["llava7b", "internvl8b"])
+def test_the_fast_circuit_sweeps_match_the_references_on_the_stand_in(adapters, name):
+    """On the real head layouts (LLaVA: 32 heads; InternVL: Qwen3 with 32 query / 8 key-value heads, q/k
+    norms): head mediation on the shared prefix with rows branching in equals one full pass per head, and
+    the knockout sweep's answers equal one `generate` per group (float64: the algorithms, not round-off)."""
+    from mechanisms.data import resolve_dataset
+    from mechanisms.experiments.knockout_sweep import knockout_answers, layer_groups
+    from mechanisms.experiments.mediation import mediate_pair
+    from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation
+    from mechanisms.tasks.model_under_test import VLM
+
+    adapter = adapters[name]
+    adapter.model.double()
+    try:
+        vlm = VLM(PROFILES[name], adapter, "stand-in", "stand-in")
+        dataset = resolve_dataset("synthetic:5:6")
+        sample = dataset.with_counterfactuals()[0]
+        layout = adapter.head_layout()
+        heads = [(0, 0), (0, layout.n_query_heads - 1), (layout.n_layers - 1, 5)]
+        for spec in (BOX, BINARY):
+            ours = mediate_pair(vlm, dataset, sample, spec, rows=7)
+            reference = naive_mediation(vlm, dataset, sample, spec, heads)
+            mine = np.array([ours.p_patched[l, h] for l, h in heads])
+            np.testing.assert_allclose(mine, reference.p_patched, rtol=1e-9)
+            assert ours.p_base == pytest.approx(reference.p_base, rel=1e-9)
+        groups = layer_groups(layout.n_layers, [1])
+        assert knockout_answers(vlm, dataset, dataset.samples[:1], BOX, groups) == naive_knockout_answers(
+            vlm, dataset, dataset.samples[:1], BOX, groups)
+    finally:
+        adapter.model.float()
