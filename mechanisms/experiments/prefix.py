@@ -55,6 +55,8 @@ def run_prefix(adapter, inputs: dict) -> Prefix:
     inputs = {k: v.to(device) for k, v in inputs.items()}
     positions = adapter.image_token_mask(inputs["input_ids"])[0].nonzero()[:, 0]
     end = int(positions[-1]) + 1
+    if not bool(inputs["attention_mask"][:, :end].all()):  # the shared-prefix attention reads every prefix key
+        raise ValueError("a shared prefix holds padding: run one unpadded prompt per prefix")
     features = adapter.visual_tokens(inputs)
     out = adapter.model(input_ids=inputs["input_ids"][:, :end], attention_mask=inputs["attention_mask"][:, :end],
                         **adapter.visual_inputs(features), use_cache=True)
