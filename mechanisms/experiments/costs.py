@@ -212,7 +212,7 @@ def paper_scale_work(profile, shape: Shape, device: Device = H200, objects: int 
                      probe_train: int = PROBE_TRAIN, probe_test: int = PROBE_TEST) -> list[Work]:
     """Every experiment of a `pytest claims -m <profile>` run at the paper's sizes."""
     from mechanisms.experiments.attribution import ig_step_bytes
-    from mechanisms.experiments.knockout_sweep import layer_groups
+    from mechanisms.experiments.knockout_sweep import consecutive_groups, layer_groups
     from mechanisms.experiments.prefix import suffix_row_bytes
 
     claims, batch = profile.claims, profile.batch_size
@@ -258,8 +258,7 @@ def paper_scale_work(profile, shape: Shape, device: Device = H200, objects: int 
     groups = layer_groups(shape.layers, knock["group_sizes"])
     w = new("attention knockout", "knockout (Figures 3, 12)")
     question = shape.text_tokens // 2  # the prompt after the image (question, template)
-    first_size = {n: g for n, g in groups.items() if n in layer_groups(shape.layers, knock["group_sizes"][:1])
-                  and len(g) == knock["group_sizes"][0]}
+    first_size = consecutive_groups(shape.layers, knock["group_sizes"][0])  # the series Figure 12 pads
     sweeps = [("box", list(groups.values())), ("list", list(groups.values())), ("box", list(first_size.values()))]
     for task, sets in sweeps:  # each task over every group; Figure 12's padded object over the first size
         a, rows = ANSWER_TOKENS[task], len(sets) + 1
