@@ -38,7 +38,7 @@ def print_costs(name: str, objects: int, device: cost_model.Device) -> None:
         total_s, total_disk, peak = total_s + seconds, total_disk + w.disk_bytes, max(peak, w.peak_bytes)
         print(f"  {w.name:26} {(w.flops + w.decode_flops) / 1e15:9.1f} {w.decode_steps:13,.0f} "
               f"{w.peak_bytes / 1e9:12.1f} {w.disk_bytes / 1e9:8.1f} {seconds / 3600:7.2f}")
-        for note in w.notes:
+        for note in [f"claims: {w.claims}", *w.notes]:
             print(f"  {'':26}   {note}")
     print(f"  {'total':26} {sum(w.flops + w.decode_flops for w in works) / 1e15:9.1f} "
           f"{sum(w.decode_steps for w in works):13,.0f} {peak / 1e9:12.1f} {total_disk / 1e9:8.1f} "
