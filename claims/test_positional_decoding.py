@@ -88,6 +88,7 @@ def test_the_language_model_rebuilds_position_to_a_peak(vlm, dataset, claim, pro
     paper_peak = vlm.profile.paper_value("probing", "peak_llm_layer")
     claim.note("peak LM layer", f"{sites.layer_of(peak)} of {len(llm)}"
                + (f" (paper: {paper_peak})" if paper_peak is not None else ""))
+    _note_positions(vlm, claim)
     for stage in llm:
         claim.measure(f"accuracy_{stage}", study.results[stage].per_image())
     gain = claim.difference(f"{peak}_minus_projector", study.results[peak].per_image(),
@@ -138,3 +139,9 @@ def position_peaks_at_the_layer_the_paper_finds(claim, profile, layers, per_imag
                            description="argmax over LM layers of the mean held-out accuracy")
     claim.expect_at_least(peak, paper_peak - tolerance, f"the peak is no earlier than layer {paper_peak - tolerance}")
     claim.expect_at_most(peak, paper_peak + tolerance, f"the peak is no later than layer {paper_peak + tolerance}")
+
+
+def _note_positions(vlm, claim) -> None:
+    """Where the LM is told image positions other than by their order (M-RoPE), say so next to the result."""
+    if vlm.adapter.image_positions_note:
+        claim.note("how the LM is told image positions", vlm.adapter.image_positions_note)

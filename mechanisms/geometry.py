@@ -70,7 +70,9 @@ class View:
     [c*width/cols, (c+1)*width/cols) x [r*height/rows, (r+1)*height/rows). `first_token` is the
     index of token (0, 0) among all of the model's image tokens; tokens run row-major. `kind` says which
     pathway the view belongs to: "global" (the whole image at once: LLaVA's view, InternVL's thumbnail)
-    or "local" (InternVL's high-resolution tiles).
+    or "local" (InternVL's high-resolution tiles). `row_end_tokens` tokens follow each row and cover no
+    pixels (LLaVA-OneVision's image-newline token): a view's tokens are `rows * (cols + row_end_tokens)`,
+    and `spread`/`grid_of` move between that token order and the [rows, cols] grid.
     """
 
     name: str
@@ -84,10 +86,27 @@ class View:
     offset_y: float
     first_token: int = 0
     kind: str = "global"
+    row_end_tokens: int = 0
 
     @property
     def n_tokens(self) -> int:
-        return self.rows * self.cols
+        return self.rows * (self.cols + self.row_end_tokens)
+
+    def grid_slots(self) -> np.ndarray:
+        """Bool [n_tokens]: which of the view's tokens are grid cells (not row-end tokens)."""
+        slots = np.zeros((self.rows, self.cols + self.row_end_tokens), dtype=bool)
+        slots[:, :self.cols] = True
+        return slots.ravel()
+
+    def spread(self, grid: np.ndarray, fill=False) -> np.ndarray:
+        """A [rows, cols] grid as the view's tokens in order, `fill` at row-end tokens."""
+        out = np.full((self.rows, self.cols + self.row_end_tokens), fill, dtype=np.asarray(grid).dtype)
+        out[:, :self.cols] = grid
+        return out.ravel()
+
+    def grid_of(self, tokens: np.ndarray) -> np.ndarray:
+        """The view's tokens (in order) as its [rows, cols] grid, row-end tokens dropped."""
+        return np.asarray(tokens).reshape(self.rows, self.cols + self.row_end_tokens)[:, :self.cols]
 
     @property
     def cell_width(self) -> float:

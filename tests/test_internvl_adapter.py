@@ -161,10 +161,10 @@ def test_visual_tokens_reproduce_the_pixel_path_exactly(real_geometry_internvl):
 def test_vision_hidden_states_are_each_views_32x32_patch_grid(real_geometry_internvl):
     adapter = real_geometry_internvl
     batch = adapter.encode([Image.new("RGB", (900, 450), (0, 90, 0))], [box_prompt("red circle")])
-    states, rows, cols = adapter.vision_hidden_states(batch["pixel_values"])
-    assert (rows, cols) == (32, 32)
+    states, grids = adapter.vision_hidden_states(batch)
+    assert grids == [(32, 32)] * 3
     assert len(states) == adapter.model.config.vision_config.num_hidden_layers + 1
-    assert states[-1].shape[:2] == (3, 32 * 32)
+    assert len(states[-1]) == 3 and states[-1][0].shape[0] == 32 * 32
 
 
 @given(box=st.tuples(st.floats(0, 0.49), st.floats(0, 0.49), st.floats(0.51, 1), st.floats(0.51, 1)),

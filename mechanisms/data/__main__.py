@@ -81,7 +81,7 @@ def subset(args) -> int:
     profile = load_profiles()[args.profile]
     checkpoint = resolve_checkpoint(profile, args.model_path)
     adapter = load_adapter(profile.family, checkpoint, getattr(torch, args.dtype or profile.dtype), args.device,
-                           profile.system_prompt)
+                           profile.system_prompt, profile.processor)
     vlm = VLM(profile, adapter, checkpoint, fingerprint_checkpoint(checkpoint), args.device)
     dataset = load_dataset(args.dataset)
     pairs = dataset.with_counterfactuals()

@@ -22,19 +22,21 @@ from mechanisms.data.dataset import Dataset, ObjectSample
 from mechanisms.tasks.specs import TaskSpec
 
 
-def answer_logprob(adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer: slice,
-                   features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def answer_logprob(adapter, inputs: dict, answer: slice, features: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
     """Weighted sum of log p(answer token | everything before it), one value per element of `features`.
 
     Logits are computed only where an answer token is predicted (`logits_to_keep`: the answer ends the
     sequence), not over the ~600-1,800 image tokens: at a 152k vocabulary that is the difference between
     kilobytes and gigabytes per interpolation step."""
     n = features.shape[0]
-    embeds = adapter.embed_with_visual_tokens(input_ids.expand(n, -1), features)
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     if answer.stop != input_ids.shape[1]:
         raise ValueError("the teacher-forced answer must end the sequence")
     kept = answer.stop - answer.start + 1  # positions answer.start - 1 ... the end
-    logits = adapter.model(inputs_embeds=embeds, attention_mask=attention_mask.expand(n, -1),
+    # the model scatters the visual tokens itself (gradients flow through it), one prompt row per step
+    logits = adapter.model(input_ids=input_ids.expand(n, -1), attention_mask=attention_mask.expand(n, -1),
+                           **adapter.visual_inputs(list(features)), **adapter.layout_inputs(inputs, rows=n),
                            logits_to_keep=kept).logits
     logp = logits[:, :-1].float().log_softmax(-1)
     targets = input_ids[0, answer].expand(n, -1).unsqueeze(-1)
@@ -63,7 +65,7 @@ def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spe
         weights = scored.float()
 
         def target(feats: torch.Tensor) -> torch.Tensor:
-            return answer_logprob(adapter, inputs["input_ids"], inputs["attention_mask"], span, feats, weights)
+            return answer_logprob(adapter, inputs, span, feats, weights)
 
         with _no_parameter_gradients(adapter.model):
             attributions = IntegratedGradients(target).attribute(

@@ -35,6 +35,7 @@ class Prefix:
     end: int  # first position after the image
     cache: object
     image_positions: torch.Tensor
+    position_offset: int = 0  # text after the image sits at its index + this (`ModelAdapter.text_position_offset`)
 
     @property
     def suffix_ids(self) -> torch.Tensor:
@@ -59,9 +60,9 @@ def run_prefix(adapter, inputs: dict) -> Prefix:
         raise ValueError("a shared prefix holds padding: run one unpadded prompt per prefix")
     features = adapter.visual_tokens(inputs)
     out = adapter.model(input_ids=inputs["input_ids"][:, :end], attention_mask=inputs["attention_mask"][:, :end],
-                        **adapter.visual_inputs(features), use_cache=True)
+                        **adapter.visual_inputs(features), **adapter.layout_inputs(inputs, end), use_cache=True)
     return Prefix(inputs, end, out.cache if getattr(out, "cache", None) is not None else out.past_key_values,
-                  positions)
+                  positions, adapter.text_position_offset(inputs))
 
 
 # ----- shared-prefix attention ---------------------------------------------------------------------------
@@ -173,9 +174,10 @@ def on_prefix(adapter, prefix: Prefix, knockout=None):
 
 
 def suffix_position_ids(prefix: Prefix, start: int, length: int) -> torch.Tensor:
-    """Position ids [1, length] of suffix positions start.. (0 = first position after the image)."""
-    return torch.arange(prefix.end + start, prefix.end + start + length,
-                        device=prefix.suffix_ids.device)[None]
+    """Position ids [1, length] of suffix positions start.. (0 = first position after the image); a family with
+    multimodal RoPE shifts them by its offset (the same on every axis, so 1-D ids suffice)."""
+    first = prefix.end + start + prefix.position_offset
+    return torch.arange(first, first + length, device=prefix.suffix_ids.device)[None]
 
 
 # ----- branching by layer ----------------------------------------------------------------------------------

@@ -33,10 +33,12 @@ from mechanisms.storage import atomic_write_bytes, atomic_write_json, storable
 # ----- extraction ------------------------------------------------------------------------------------
 
 
-def _token_labels(views) -> tuple[np.ndarray, np.ndarray]:
+def _token_labels(views) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, col) of each grid token of the views, and which image tokens those are (row-end tokens have no
+    place on the grid: they are not probed)."""
     rows = np.concatenate([np.repeat(np.arange(v.rows), v.cols) for v in views])
     cols = np.concatenate([np.tile(np.arange(v.cols), v.rows) for v in views])
-    return rows, cols
+    return rows, cols, np.concatenate([v.grid_slots() for v in views])
 
 
 @torch.no_grad()
@@ -51,21 +53,23 @@ def stage_states(adapter, images: list) -> dict[str, tuple[np.ndarray, ...]]:
         out.setdefault(stage, []).append((states.float().cpu().numpy().astype(np.float16), rows, cols,
                                           np.full(len(rows), image)))
 
-    vision, grid_rows, grid_cols = adapter.vision_hidden_states(inputs["pixel_values"].to(adapter.model.dtype))
-    v_rows = np.repeat(np.arange(grid_rows), grid_cols)
-    v_cols = np.tile(np.arange(grid_cols), grid_rows)
+    vision, grids = adapter.vision_hidden_states(inputs)
+    labels = [(np.repeat(np.arange(rows), cols), np.tile(np.arange(cols), rows)) for rows, cols in grids]
     view_owner = np.repeat(np.arange(len(images)), [len(adapter.views(*im.size)) for im in images])
+    if len(view_owner) != len(grids):
+        raise ValueError(f"the vision tower saw {len(grids)} views, the adapter lays out {len(view_owner)}")
     for layer, states in enumerate(vision):
-        for view_states, owner in zip(states, view_owner):  # one entry per view fed to the tower
+        for view_states, owner, (v_rows, v_cols) in zip(states, view_owner, labels):  # one per view fed in
             add(sites.vision_layer(layer), view_states, v_rows, v_cols, owner)
     features = adapter.visual_tokens(inputs)
     lm = adapter.model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states  # states, not logits
     positions = adapter.image_token_mask(inputs["input_ids"])
     for i, image in enumerate(images):
-        rows, cols = _token_labels(adapter.views(*image.size))
-        add(sites.PROJECTOR, features[i], rows, cols, i)
+        rows, cols, on_grid = _token_labels(adapter.views(*image.size))
+        on_grid = torch.as_tensor(on_grid, device=features[i].device)
+        add(sites.PROJECTOR, features[i][on_grid], rows, cols, i)
         for layer, states in enumerate(lm[1:]):
-            add(sites.llm_layer(layer), states[i][positions[i]], rows, cols, i)
+            add(sites.llm_layer(layer), states[i][positions[i]][on_grid], rows, cols, i)
     return {stage: tuple(np.concatenate([p[k] for p in parts]) for k in range(4)) for stage, parts in out.items()}
 
 

@@ -23,7 +23,7 @@ def object_tokens(views: list[View], mask: np.ndarray, padding: int = 0,
     views of those kinds ("global", "local": Table 3's view-wise ablation); None means every view.
     """
     return np.concatenate([
-        dilate(view.tokens_overlapping(mask), padding).ravel() if kinds is None or view.kind in kinds
+        view.spread(dilate(view.tokens_overlapping(mask), padding)) if kinds is None or view.kind in kinds
         else np.zeros(view.n_tokens, dtype=bool) for view in views])
 
 
@@ -36,7 +36,7 @@ def per_view(views: list[View], selection: np.ndarray) -> list[np.ndarray]:
     """Split a selection into each view's [rows, cols] grid."""
     grids, start = [], 0
     for view in views:
-        grids.append(np.asarray(selection[start:start + view.n_tokens]).reshape(view.rows, view.cols))
+        grids.append(view.grid_of(selection[start:start + view.n_tokens]))
         start += view.n_tokens
     return grids
 

@@ -40,6 +40,7 @@ class Profile:
     hf_id: str | None = None
     shipped_path: str | None = None
     system_prompt: str | None = None  # the system text the model was trained with (None: the template's own)
+    processor: dict[str, Any] = field(default_factory=dict)  # keywords of every processor call (pan-and-scan)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
     paper: dict[str, dict[str, Any]] = field(default_factory=dict)  # as in the TOML: per dataset, and model-level
     paper_dataset: str | None = None  # which dataset's tables `paper_value` reads (`for_dataset`); None: none

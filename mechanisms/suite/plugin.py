@@ -436,7 +436,8 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
             dtype = getattr(torch, request.config.getoption("vlm_dtype") or profile.dtype)
             system = request.config.getoption("vlm_system_prompt")
             adapter = load_adapter(profile.family, checkpoint, dtype, device,
-                                   profile.system_prompt if system is None else (system or None))
+                                   profile.system_prompt if system is None else (system or None),
+                                   profile.processor)
             mutation = request.config.getoption("vlm_mutation")
             if mutation:
                 from mechanisms.models.mutations import mutate

@@ -49,6 +49,6 @@ class Generator:
     def _decode(self, batch: dict, features: list[torch.Tensor], max_new_tokens: int) -> list[str]:
         out = self.adapter.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            **self.adapter.visual_inputs(features), do_sample=False, max_new_tokens=max_new_tokens,
+            **self.adapter.visual_inputs(features), **self.adapter.layout_inputs(batch), do_sample=False, max_new_tokens=max_new_tokens,
             use_cache=True, pad_token_id=self.adapter.tokenizer.pad_token_id)
         return self.adapter.decode_answers(out[:, batch["input_ids"].shape[1]:])

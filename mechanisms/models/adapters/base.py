@@ -43,11 +43,13 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
 
-    def __init__(self, model, processor, system_prompt: str | None = None):
+    def __init__(self, model, processor, system_prompt: str | None = None, processor_settings: dict | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.system_prompt = system_prompt  # §6.2's {System}: the text the model was trained with (profile data)
+        # keywords of every processor call the profile fixes (Gemma 3's pan-and-scan), profile data too
+        self.processor_settings = dict(processor_settings or {})
 
     # ----- prompts -------------------------------------------------------------------------------
     def chat_text(self, question: str) -> str:
@@ -64,7 +66,16 @@ class ModelAdapter(ABC):
         """Processor inputs for a batch (left-padded so generation continues every row)."""
         self.tokenizer.padding_side = "left"
         texts = [self.chat_text(q) for q in questions]
-        return self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        return self.processor(images=self.processor_images(images), text=texts, return_tensors="pt", padding=True,
+                              **self.processor_settings)
+
+    def processor_images(self, images: list[Image.Image]) -> list:
+        """The `images` argument of the processor for one image per prompt (Gemma 3's wants them per prompt)."""
+        return list(images)
+
+    # How the LM is told where an image token is, when it is not the 1-D sequence the paper's models read (the
+    # positional claims record it: "the LM rebuilds the grid" is a different question when it is handed 2-D).
+    image_positions_note: ClassVar[str | None] = None
 
     answer_separator: ClassVar[str] = " "  # what the chat template puts between the prompt and the answer
     yes_answer: ClassVar[str] = "Yes"  # the binary prompt's correct answer as this family writes it
@@ -75,9 +86,10 @@ class ModelAdapter(ABC):
         Prompt and answer are tokenized together (as the model saw them in training) and the prompt's
         own tokenization must be a prefix of the whole; otherwise the split would be ambiguous.
         """
-        prompt = self.processor(images=[image], text=[self.chat_text(question)], return_tensors="pt")
-        full = self.processor(images=[image], text=[self.chat_text(question) + self.answer_separator + answer],
-                              return_tensors="pt")
+        images, settings = self.processor_images([image]), self.processor_settings
+        prompt = self.processor(images=images, text=[self.chat_text(question)], return_tensors="pt", **settings)
+        full = self.processor(images=images, text=[self.chat_text(question) + self.answer_separator + answer],
+                              return_tensors="pt", **settings)
         n_prompt = prompt["input_ids"].shape[1]
         if not torch.equal(full["input_ids"][0, :n_prompt], prompt["input_ids"][0]):
             raise ValueError(f"the tokenization of answer {answer!r} merges with the end of the prompt")
@@ -115,15 +127,35 @@ class ModelAdapter(ABC):
             raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
         return list(flat.split(counts))
 
-    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
-        """(states per vision layer [n_views, rows*cols, d], rows, cols) of the vision backbone's patch grid."""
+    def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
+        """The vision backbone's patch states: per layer (embeddings first), per view fed to the tower in order,
+        [rows * cols, d] row-major; and each view's (rows, cols) of backbone patches (views may differ: Qwen-VL
+        sizes each image's grid to the image)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its vision backbone's layers yet")
+
+    pooled_as_one_tensor: ClassVar[bool] = False  # the model scatters `pooler_output` as one [1, n, d] tensor
+    # (InternVL, Gemma 3), not a list of per-image tensors (LLaVA, Qwen-VL)
 
     def visual_inputs(self, features: list[torch.Tensor]) -> dict:
         """Keywords for the model's forward/generate that supply visual tokens instead of pixels."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(features))}}
+        pooled = torch.cat(list(features)).unsqueeze(0) if self.pooled_as_one_tensor else list(features)
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
+
+    # ----- how the LM places an image: what a forward needs besides ids, mask and visual tokens ------------
+    def layout_inputs(self, inputs: dict, end: int | None = None, rows: int | None = None) -> dict:
+        """Keywords from the processor's output that the model's forward and `generate` need to lay the image
+        out (Qwen-VL's grid sizes and token types for multimodal RoPE, Gemma 3's token types for its
+        bidirectional image block), for the prompt's first `end` positions (None: all), and with `rows` the
+        one prompt of `inputs` repeated that many times. LLaVA and InternVL need none: their LMs read a 1-D
+        sequence."""
+        return {}
+
+    def text_position_offset(self, inputs: dict) -> int:
+        """Text after the image sits at position (its index + this offset) on every RoPE axis: 0 for a 1-D
+        sequence; M-RoPE families give an image of R x C tokens max(R, C) positions, not R * C."""
+        return 0
 
     def embed_with_visual_tokens(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """LM input embeddings with `features` [B, n_tokens, hidden] at the image positions (for gradients)."""
@@ -216,6 +248,23 @@ class ModelAdapter(ABC):
     def projector(self) -> torch.nn.Module:
         """The module whose output are the image tokens at the LM input."""
         return self.model.model.multi_modal_projector
+
+
+def from_checkpoint(model_class, path, dtype: torch.dtype, device) -> tuple:
+    """(model in eval mode, its processor) from a checkpoint folder, shipped or real, offline. `device` "auto"
+    spreads a model too large for one device over all of them (accelerate's `device_map="auto"`). Prompts are
+    left-padded so that batched generation continues every row; a missing pad id is the tokenizer's."""
+    from transformers import AutoProcessor
+
+    if str(device) == "auto":
+        model = model_class.from_pretrained(path, dtype=dtype, device_map="auto").eval()
+    else:
+        model = model_class.from_pretrained(path, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    return model, processor
 
 
 def follow_path(root, path: str):

@@ -14,7 +14,7 @@ import re
 import torch
 
 from mechanisms.geometry import Box, View
-from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box
+from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box, from_checkpoint
 
 PAPER_MAX_TILES = 6  # §2.1: "we cap the number of local tiles at six"
 
@@ -35,6 +35,7 @@ def parse_internvl_box(text: str) -> tuple[float, float, float, float] | None:
 class InternVLAdapter(ModelAdapter):
     family = "internvl"
     answer_separator = ""  # the answer follows "<|im_start|>assistant\n" directly
+    pooled_as_one_tensor = True
     answer_tokens = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>")
 
     @property
@@ -79,19 +80,13 @@ class InternVLAdapter(ModelAdapter):
         inner = super().image_token_ids(width, height)
         return [self.processor.start_image_token_id, *inner, self.processor.end_image_token_id]
 
-    def visual_inputs(self, features: list[torch.Tensor]) -> dict:
-        """InternVL scatters `pooler_output` as one [1, n_tokens, hidden] tensor (LLaVA takes a list)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        stacked = torch.cat(list(features)).unsqueeze(0)
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=stacked)}}
-
-    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
-        """Every InternViT layer's patch states [n_views, P*P, d] (embeddings first, CLS dropped), before
-        the pixel shuffle: the backbone's own P x P grid per view."""
-        out = self.model.model.vision_tower(pixel_values.to(self.model.dtype), output_hidden_states=True)
+    def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
+        """Every InternViT layer's patch states per view (embeddings first, CLS dropped), before the pixel
+        shuffle: the backbone's own P x P grid per view."""
+        pixels = inputs["pixel_values"].to(self.model.dtype)
+        out = self.model.model.vision_tower(pixels, output_hidden_states=True)
         side = self.grid * 2
-        return [h[:, 1:] for h in out.hidden_states], side, side
+        return [list(h[:, 1:]) for h in out.hidden_states], [(side, side)] * pixels.shape[0]
 
     def format_box(self, box: Box, width: int, height: int) -> str:
         values = [box.x0 / width, box.y0 / height, box.x1 / width, box.y1 / height]
@@ -112,16 +107,9 @@ def load_internvl(path, dtype: torch.dtype, device: str | torch.device,
 
     The hub processors allow up to 12 tiles; the paper caps them at 6, so `max_patches` is set here.
     """
-    from transformers import AutoProcessor, InternVLForConditionalGeneration
+    from transformers import InternVLForConditionalGeneration
 
-    if str(device) == "auto":
-        model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map="auto").eval()
-    else:
-        model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(path)
+    model, processor = from_checkpoint(InternVLForConditionalGeneration, path, dtype, device)
     processor.image_processor.max_patches = max_tiles
     processor.image_processor.crop_to_patches = True
-    processor.tokenizer.padding_side = "left"
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return InternVLAdapter(model, processor)

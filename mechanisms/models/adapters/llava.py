@@ -11,7 +11,7 @@ import re
 import torch
 
 from mechanisms.geometry import Box, View, pad_to_square_view
-from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box
+from mechanisms.models.adapters.base import NUMBER, ModelAdapter, first_box, from_checkpoint
 
 _FOUR_NUMBERS = re.compile(r"\[\s*(" + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*,\s*("
                            + NUMBER + r")\s*,\s*(" + NUMBER + r")\s*\]")
@@ -33,11 +33,13 @@ class LlavaAdapter(ModelAdapter):
     def views(self, width: int, height: int) -> list[View]:
         return [pad_to_square_view(width, height, self.grid)]
 
-    def vision_hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
-        """Every CLIP layer's patch states [n_images, grid*grid, d] (embeddings first, CLS dropped)."""
-        out = self.model.model.vision_tower(pixel_values, output_hidden_states=True)
+    def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
+        """Every CLIP layer's patch states, one grid x grid view per image (embeddings first, CLS dropped)."""
+        pixels = inputs["pixel_values"].to(self.model.dtype)
+        out = self.model.model.vision_tower(pixels, output_hidden_states=True)
         drop_cls = self.model.config.vision_feature_select_strategy == "default"
-        return [h[:, 1:] if drop_cls else h for h in out.hidden_states], self.grid, self.grid
+        layers = [list(h[:, 1:] if drop_cls else h) for h in out.hidden_states]
+        return layers, [(self.grid, self.grid)] * pixels.shape[0]
 
     def format_box(self, box: Box, width: int, height: int) -> str:
         view = self.views(width, height)[0]
@@ -61,13 +63,9 @@ def load_llava(path, dtype: torch.dtype, device: str | torch.device) -> LlavaAda
     LLaVA-1.5 itself pads to square; a `LlavaImageProcessor` with `do_pad=True` built from the
     checkpoint's own settings replaces it, so geometry matches the paper's pre-processing.
     """
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    if str(device) == "auto":  # too large for one device: let accelerate place the layers
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map="auto").eval()
-    else:
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    return llava_adapter(model, AutoProcessor.from_pretrained(path))
+    return llava_adapter(*from_checkpoint(LlavaForConditionalGeneration, path, dtype, device))
 
 
 def llava_adapter(model, processor) -> LlavaAdapter:
