@@ -201,7 +201,7 @@ def qwen3_vl_standin(out: Path, layers: int = 2, seed: int = 0) -> Path:
     return out
 
 
-def gemma3_standin(out: Path, layers: int = 2, seed: int = 0) -> Path:
+def gemma3_standin(out: Path, layers: int = 2, seed: int = 0, pan_and_scan_min_crop_size: int | None = None) -> Path:
     """google/gemma-3-4b-it's own files (chat template, tokenizer config with its 6,415 added tokens, special
     tokens, image processor: 896 px, 256 tokens per view) and its tokenizer.json (xz-compressed in
     `fixtures/real-configs/gemma-3-4b-it`, README there); the config shrunk: 8 query / 4 key-value heads
@@ -224,6 +224,10 @@ def gemma3_standin(out: Path, layers: int = 2, seed: int = 0) -> Path:
     model = Gemma3ForConditionalGeneration(Gemma3Config(**config))
     model.save_pretrained(out)
     _restore_generation_config("gemma-3-4b-it", out)
+    if pan_and_scan_min_crop_size is not None:  # a test's own setting (the hub's is null: 256 by default)
+        settings = json.loads((out / "preprocessor_config.json").read_text())
+        settings["pan_and_scan_min_crop_size"] = pan_and_scan_min_crop_size
+        (out / "preprocessor_config.json").write_text(json.dumps(settings, indent=2))
     return out
 
 

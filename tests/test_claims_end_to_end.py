@@ -171,7 +171,11 @@ def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, sna
 
 
 @pytest.mark.parametrize("real_model, hub_id", [("llava7b", "llava-hf/llava-1.5-7b-hf"),
-                                                ("internvl8b", "OpenGVLab/InternVL3_5-8B-HF")])
+                                                ("internvl8b", "OpenGVLab/InternVL3_5-8B-HF"),
+                                                ("qwen25vl7b", "Qwen/Qwen2.5-VL-7B-Instruct"),
+                                                ("qwen3vl8b", "Qwen/Qwen3-VL-8B-Instruct"),
+                                                ("llavaov7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+                                                ("gemma3_4b", "google/gemma-3-4b-it")])
 def test_absent_checkpoint_skips_with_a_reason(tmp_path, real_model, hub_id):
     """A real model without weights: every claim skips, naming how to provide them; the run exits 0."""
     proc, reports = run_claims("claims", "-m", real_model, tmp_path=tmp_path)

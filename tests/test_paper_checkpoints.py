@@ -8,7 +8,6 @@ checkpoint through `--model-path`: random weights fail the claims, nothing may e
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,8 +17,8 @@ from mechanisms.models.adapters import load_adapter
 from mechanisms.models.registry import load_profiles
 from mechanisms.tasks.prompts import box_prompt
 from mechanisms.tasks.specs import BINARY, BOX
+from tests.families import check_every_claim_runs, check_fast_sweeps_match_references
 from tests.standins import BUILDERS
-from tests.test_claims_end_to_end import collected_claims, load_report, run_claims
 
 PROFILES = load_profiles()
 FAMILY = {"llava7b": "llava", "llava13b": "llava", "internvl8b": "internvl"}
@@ -132,24 +131,8 @@ def test_every_claim_runs_on_the_stand_in(standins, name, tmp_path):
     samples, is inconclusive (the view claims on single-view LLaVA skip with their reason, as does the
     LLaVA-only knockout/probe alignment on InternVL; a claim the paper's own table contradicts for the
     model is reported `contradicted`); none errors."""
-    proc, reports = run_claims("claims", "-m", name, "--model-path", f"{name}={standins[name]}",
-                               "--dataset", "synthetic:5:6", "--dtype", "float32", "--max-samples", "2",
-                               "--probe-train", "synthetic:31:4", "--probe-test", "synthetic:32:2", "-n", "2",
-                               tmp_path=tmp_path)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = load_report(reports, name)
-    assert len(report["claims"]) == len(collected_claims(name))
+    report = check_every_claim_runs(name, standins[name], tmp_path, multi_view=FAMILY[name] == "internvl")
     assert report["model"]["system_prompt"] == PROFILES[name].system_prompt
-    for entry in report["claims"]:
-        if entry["outcome"] == "skipped":
-            assert (FAMILY[name] == "llava" and "single view" in entry["reason"]) or (
-                FAMILY[name] == "internvl" and "LLaVA models only" in entry["reason"]), entry["nodeid"]
-            continue
-        test = entry["nodeid"].split("::")[-1].split("[")[0]
-        allowed = ("failed", "inconclusive") + (("contradicted",) if test in PROFILES[name].paper_sections().get(
-            "contradicts", {}) else ())
-        assert entry["outcome"] in allowed, (entry["nodeid"], entry.get("reason"))  # 2 samples
-        assert entry["measurements"] and entry["expectations"], entry["nodeid"]
 
 
 @pytest.mark.parametrize("name", ["llava7b", "internvl8b"])
@@ -157,28 +140,4 @@ def test_the_fast_circuit_sweeps_match_the_references_on_the_stand_in(adapters, 
     """On the real head layouts (LLaVA: 32 heads; InternVL: Qwen3 with 32 query / 8 key-value heads, q/k
     norms): head mediation on the shared prefix with rows branching in equals one full pass per head, and
     the knockout sweep's answers equal one `generate` per group (float64: the algorithms, not round-off)."""
-    from mechanisms.data import resolve_dataset
-    from mechanisms.experiments.knockout_sweep import knockout_answers, layer_groups
-    from mechanisms.experiments.mediation import mediate_pair
-    from mechanisms.experiments.reference import naive_knockout_answers, naive_mediation
-    from mechanisms.tasks.model_under_test import VLM
-
-    adapter = adapters[name]
-    adapter.model.double()
-    try:
-        vlm = VLM(PROFILES[name], adapter, "stand-in", "stand-in")
-        dataset = resolve_dataset("synthetic:5:6")
-        sample = dataset.with_counterfactuals()[0]
-        layout = adapter.head_layout()
-        heads = [(0, 0), (0, layout.n_query_heads - 1), (layout.n_layers - 1, 5)]
-        for spec in (BOX, BINARY):
-            ours = mediate_pair(vlm, dataset, sample, spec, rows=7)
-            reference = naive_mediation(vlm, dataset, sample, spec, heads)
-            mine = np.array([ours.p_patched[l, h] for l, h in heads])
-            np.testing.assert_allclose(mine, reference.p_patched, rtol=1e-9)
-            assert ours.p_base == pytest.approx(reference.p_base, rel=1e-9)
-        groups = layer_groups(layout.n_layers, [1])
-        assert knockout_answers(vlm, dataset, dataset.samples[:1], BOX, groups) == naive_knockout_answers(
-            vlm, dataset, dataset.samples[:1], BOX, groups)
-    finally:
-        adapter.model.float()
+    check_fast_sweeps_match_references(adapters[name], PROFILES[name])

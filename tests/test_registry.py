@@ -49,12 +49,18 @@ def _checkpoint(folder: Path, weights: str | None = "model.safetensors") -> Path
 # ----- profiles ---------------------------------------------------------------------------------------
 
 
-def test_load_profiles_finds_the_five_models():
-    """The profiles: tiny_llava, llava7b, llava13b (family llava), tiny_internvl and internvl8b (internvl)."""
+def test_load_profiles_finds_the_models():
+    """The profiles: tiny_llava, llava7b, llava13b (family llava), tiny_internvl and internvl8b (internvl), and
+    the families the paper did not measure (Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, Gemma 3), which read
+    InternVL-3.5-8B's tables for scale and none of its model-level facts."""
     profiles = load_profiles()
     families = {name: p.family for name, p in profiles.items()}
     assert families == {"tiny_llava": "llava", "llava7b": "llava", "llava13b": "llava", "internvl8b": "internvl",
-                        "tiny_internvl": "internvl"}
+                        "tiny_internvl": "internvl", "qwen25vl7b": "qwen2_5_vl", "qwen3vl8b": "qwen3_vl",
+                        "llavaov7b": "llava_onevision", "gemma3_4b": "gemma3"}
+    for name in ("qwen25vl7b", "qwen3vl8b", "llavaov7b", "gemma3_4b"):
+        assert profiles[name].paper_from_nearest and profiles[name].paper_value("locations", "knockout_layers") is None
+    assert profiles["gemma3_4b"].processor == {"do_pan_and_scan": True}
     assert profiles["llava7b"].hf_id == "llava-hf/llava-1.5-7b-hf"
     assert profiles["tiny_llava"].shipped_path == "fixtures/models/tiny-llava"
     assert profiles["tiny_llava"].default_dataset == "synthetic"

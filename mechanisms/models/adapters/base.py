@@ -60,14 +60,26 @@ class ModelAdapter(ABC):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         if self.system_prompt:
             conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        bos = self.tokenizer.bos_token
+        if bos and text.startswith(bos) and self._tokenizer_adds_bos():
+            text = text[len(bos):]  # Gemma's template writes <bos> and its tokenizer adds one: the model saw one
+        return text
+
+    def _tokenizer_adds_bos(self) -> bool:
+        return self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]
 
     def encode(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
         """Processor inputs for a batch (left-padded so generation continues every row)."""
         self.tokenizer.padding_side = "left"
         texts = [self.chat_text(q) for q in questions]
         return self.processor(images=self.processor_images(images), text=texts, return_tensors="pt", padding=True,
-                              **self.processor_settings)
+                              **self.processor_call_settings())
+
+    def processor_call_settings(self) -> dict:
+        """Keywords of every processor call: the profile's settings (a family passes every setting its views
+        depend on, so that the processor cannot fall back to defaults the views do not know)."""
+        return dict(self.processor_settings)
 
     def processor_images(self, images: list[Image.Image]) -> list:
         """The `images` argument of the processor for one image per prompt (Gemma 3's wants them per prompt)."""
@@ -86,7 +98,7 @@ class ModelAdapter(ABC):
         Prompt and answer are tokenized together (as the model saw them in training) and the prompt's
         own tokenization must be a prefix of the whole; otherwise the split would be ambiguous.
         """
-        images, settings = self.processor_images([image]), self.processor_settings
+        images, settings = self.processor_images([image]), self.processor_call_settings()
         prompt = self.processor(images=images, text=[self.chat_text(question)], return_tensors="pt", **settings)
         full = self.processor(images=images, text=[self.chat_text(question) + self.answer_separator + answer],
                               return_tensors="pt", **settings)

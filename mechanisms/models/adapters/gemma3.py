@@ -59,9 +59,15 @@ class Gemma3Adapter(ModelAdapter):
         """Tokens per side of one view (16: 256 tokens)."""
         return int(round(self.model.config.mm_tokens_per_image ** 0.5))
 
+    def processor_call_settings(self) -> dict:
+        """All pan-and-scan settings, passed explicitly: the processor would otherwise take its class defaults
+        over the checkpoint's preprocessor_config values, and the views would not be its crops."""
+        settings = self.pan_and_scan()
+        return {"do_pan_and_scan": False} if settings is None else {"do_pan_and_scan": True, **settings}
+
     def pan_and_scan(self) -> dict | None:
-        """The pan-and-scan settings every processor call uses (the profile's `do_pan_and_scan`, the processor's
-        defaults for what it leaves unset), or None when it is off."""
+        """The pan-and-scan settings every processor call uses (the profile's, else the checkpoint's
+        preprocessor_config, else the processor's defaults), or None when it is off."""
         ip, defaults = self.processor.image_processor, type(self.processor).images_kwargs
         names = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
                  "pan_and_scan_min_ratio_to_activate")

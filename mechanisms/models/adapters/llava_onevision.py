@@ -59,7 +59,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
             kept = int(round(width * (rows_all / height), 7))
             left_cols = (cols_all - kept) // 2
         rows, cols = rows_all - 2 * top_rows, cols_all - 2 * left_cols
-        max_crops = int(getattr(config, "vision_aspect_ratio", "anyres_max_9").strip("anyres_max_"))
+        max_crops = int(getattr(config, "vision_aspect_ratio", "anyres_max_9").removeprefix("anyres_max_"))
         ratio = math.sqrt(rows * cols / (max_crops * self.patches ** 2))
         shrunk = (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
         return {"target": (target_w, target_h), "resized": (new_w, new_h),
