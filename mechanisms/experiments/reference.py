@@ -39,15 +39,19 @@ def naive_mediation(vlm, dataset, sample, spec: TaskSpec, heads: list[tuple[int,
     adapter = vlm.adapter
     source, base, span, prompt, targets, scored = _pair_inputs(vlm, dataset, sample, spec)
     recorded: dict[int, torch.Tensor] = {}
+    kept = span.stop - span.start + 1  # the answer ends the sequence: logits where its tokens are predicted
+
+    def answer_logits(inputs):
+        return adapter.model(**inputs, logits_to_keep=kept).logits[:, :-1]
+
     with recording_heads(adapter, recorded):
-        source_logits = adapter.model(**source).logits
-    answer = slice(span.start - 1, span.stop - 1)
-    p_source = float(perplexity(source_logits[:, answer], targets, scored)[0])
-    p_base = float(perplexity(adapter.model(**base).logits[:, answer], targets, scored)[0])
+        source_logits = answer_logits(source)
+    p_source = float(perplexity(source_logits, targets, scored)[0])
+    p_base = float(perplexity(answer_logits(base), targets, scored)[0])
     patched = []
     for head in heads:
         with patching_heads(adapter, [head], recorded, prompt):
-            patched.append(float(perplexity(adapter.model(**base).logits[:, answer], targets, scored)[0]))
+            patched.append(float(perplexity(answer_logits(base), targets, scored)[0]))
     return PairMediation(p_source, p_base, np.asarray(patched))
 
 
