@@ -170,7 +170,9 @@ class ModelAdapter(ABC):
         return 0
 
     def embed_with_visual_tokens(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """LM input embeddings with `features` [B, n_tokens, hidden] at the image positions (for gradients)."""
+        """LM input embeddings with `features` [B, n_tokens, hidden] at the image positions (training the shipped
+        organisms end to end). The claims never use it: the model scatters visual tokens itself (`visual_inputs`),
+        which is what M-RoPE positions and Qwen3-VL's deepstack features need."""
         embeds = self.model.get_input_embeddings()(input_ids)
         mask = self.image_token_mask(input_ids).unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(mask, features.to(embeds.dtype))
