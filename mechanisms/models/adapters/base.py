@@ -128,16 +128,20 @@ class ModelAdapter(ABC):
     def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
         """Each image's tokens at the LM input, [n_tokens, hidden] per image (vision tower + projector once).
 
-        Both transformers families expose `get_image_features`; its pooled output, concatenated, is
+        Every transformers family exposes `get_image_features`; its pooled output, concatenated, is
         exactly what the model scatters into the image-token positions.
         """
-        pixels = inputs["pixel_values"].to(self.model.dtype)
-        pooled = self.model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
-        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in pooled])
+        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in self.image_features_pooled(inputs)])
         counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
         if sum(counts) != flat.shape[0]:
             raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
         return list(flat.split(counts))
+
+    def image_features_pooled(self, inputs: dict) -> list[torch.Tensor]:
+        """The model's own `get_image_features(...).pooler_output` for these inputs, per view or per image (a
+        family whose call needs more than pixels, e.g. grid sizes, overrides this)."""
+        pixels = inputs["pixel_values"].to(self.model.dtype)
+        return self.model.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
 
     def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
         """The vision backbone's patch states: per layer (embeddings first), per view fed to the tower in order,

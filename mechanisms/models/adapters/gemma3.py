@@ -81,11 +81,11 @@ class Gemma3Adapter(ModelAdapter):
         settings = self.pan_and_scan()
         if settings is None:
             return []
-        probe = torch.zeros(1, 2, height, width)  # channel 0: row index, channel 1: column index
-        probe[0, 0] = torch.arange(height, dtype=torch.float32)[:, None]
-        probe[0, 1] = torch.arange(width, dtype=torch.float32)[None, :]
-        crops = self.processor.image_processor.pan_and_scan_batched(probe, *settings.values())
-        return [(int(c[0, 1, 0, 0]), int(c[0, 0, 0, 0]), c.shape[-1], c.shape[-2]) for c in crops]
+        cut = self.processor.image_processor.pan_and_scan_batched  # it reads the size and slices: probes whose
+        rows = torch.arange(height).view(1, 1, height, 1).expand(1, 1, height, width)  # values are their own
+        cols = torch.arange(width).view(1, 1, 1, width).expand(1, 1, height, width)  # row / column (no copies)
+        return [(int(c[0, 0, 0, 0]), int(r[0, 0, 0, 0]), c.shape[-1], c.shape[-2])
+                for r, c in zip(cut(rows, *settings.values()), cut(cols, *settings.values()))]
 
     def views(self, width: int, height: int) -> list[View]:
         s, g = float(self.view_size), self.grid

@@ -81,15 +81,10 @@ class LlavaOnevisionAdapter(ModelAdapter):
                      row_end_tokens=1 if getattr(self.model.model, "image_newline", None) is not None else 0)
         return [base, crops]
 
-    def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
+    def image_features_pooled(self, inputs: dict) -> list[torch.Tensor]:
         pixels = inputs["pixel_values"].to(self.model.dtype)
-        pooled = self.model.model.get_image_features(pixel_values=pixels, image_sizes=inputs["image_sizes"],
-                                                     return_dict=True).pooler_output
-        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in pooled])
-        counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
-        if sum(counts) != flat.shape[0]:
-            raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
-        return list(flat.split(counts))
+        return self.model.model.get_image_features(pixel_values=pixels, image_sizes=inputs["image_sizes"],
+                                                   return_dict=True).pooler_output
 
     def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
         """Every SigLIP layer's patch states (embeddings first), two views per image as `views` lays them out:

@@ -78,15 +78,13 @@ class QwenVLAdapter(ModelAdapter):
                      scale_x=w / width, scale_y=h / height, offset_x=0.0, offset_y=0.0, kind="global")]
 
     # ----- the forward's inputs -------------------------------------------------------------------------
-    def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
+    def _image_outputs(self, inputs: dict):
         pixels = inputs["pixel_values"].to(self.model.dtype)
-        pooled = self.model.model.get_image_features(pixel_values=pixels, image_grid_thw=inputs["image_grid_thw"],
-                                                     return_dict=True).pooler_output
-        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in pooled])
-        counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
-        if sum(counts) != flat.shape[0]:
-            raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
-        return list(flat.split(counts))
+        return self.model.model.get_image_features(pixel_values=pixels, image_grid_thw=inputs["image_grid_thw"],
+                                                   return_dict=True)
+
+    def image_features_pooled(self, inputs: dict) -> list[torch.Tensor]:
+        return self._image_outputs(inputs).pooler_output
 
     def layout_inputs(self, inputs: dict, end: int | None = None, rows: int | None = None) -> dict:
         grids, types = inputs["image_grid_thw"], inputs["mm_token_type_ids"][:, :end]
@@ -110,33 +108,33 @@ class QwenVLAdapter(ModelAdapter):
         return int(offsets[0, 0])
 
     def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
-        """The patch embeddings and every vision block's output, per image on its own (H/14) x (W/14) patch grid,
-        row-major. Blocks run on patches regrouped into attention windows; their outputs are put back in the
-        processor's order (2 x 2 merge groups) and then in grid order."""
+        """The patch embeddings and every vision block's output, per image on its own (H/p) x (W/p) patch grid,
+        row-major (from the processor's order of 2 x 2 merge groups)."""
+        grids = [(int(h), int(w)) for _, h, w in inputs["image_grid_thw"].tolist()]
+        layers = [[_merge_groups_to_rows(s, h, w, self.merge) for s, (h, w) in
+                   zip(states.split([h * w for h, w in grids]), grids)] for states in self._tower_states(inputs)]
+        return layers, grids
+
+    def _tower_states(self, inputs: dict) -> list[torch.Tensor]:
+        """The patch embeddings and every vision block's output [all patches, d], in the processor's order.
+        Qwen2.5-VL's blocks run on patches regrouped into attention windows: that order is undone."""
         from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
-        tower = self.model.model.visual
-        grid_thw = inputs["image_grid_thw"]
-        window_index, _ = qwen.get_vision_window_index(grid_thw, spatial_merge_size=tower.spatial_merge_size,
-                                                       window_size=tower.window_size, patch_size=tower.patch_size)
-        unit = tower.spatial_merge_unit
+        tower, grid_thw = self.model.model.visual, inputs["image_grid_thw"]
         recorded: list[torch.Tensor] = []
-        hooks = [tower.patch_embed.register_forward_hook(lambda m, a, out: recorded.append(out))]
-        hooks += [block.register_forward_hook(lambda m, a, out: recorded.append(out)) for block in tower.blocks]
+        hooks = [module.register_forward_hook(lambda m, a, out: recorded.append(out))
+                 for module in (tower.patch_embed, *tower.blocks)]
         try:
             tower(inputs["pixel_values"].to(self.model.dtype), grid_thw=grid_thw)
         finally:
             for hook in hooks:
                 hook.remove()
-        inverse = torch.argsort(window_index)
-        grids = [(int(h), int(w)) for _, h, w in grid_thw.tolist()]
-        layers = []
-        for depth, states in enumerate(recorded):
-            if depth > 0:  # window order -> the processor's order of merge groups
-                states = states.reshape(-1, unit, states.shape[-1])[inverse].reshape(states.shape)
-            per_image = states.split([h * w for h, w in grids])
-            layers.append([_merge_groups_to_rows(s, h, w, self.merge) for s, (h, w) in zip(per_image, grids)])
-        return layers, grids
+        if not hasattr(tower, "window_size"):  # Qwen3-VL: full attention, no regrouping
+            return recorded
+        window_index, _ = qwen.get_vision_window_index(grid_thw, spatial_merge_size=tower.spatial_merge_size,
+                                                       window_size=tower.window_size, patch_size=tower.patch_size)
+        inverse, unit = torch.argsort(window_index), tower.spatial_merge_unit
+        return [recorded[0]] + [s.reshape(-1, unit, s.shape[-1])[inverse].reshape(s.shape) for s in recorded[1:]]
 
     # ----- answers ------------------------------------------------------------------------------------
     def _box_scale(self, width: int, height: int) -> tuple[float, float]:
@@ -182,17 +180,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3_vl"
     box_scale = 1000.0
 
-    def visual_tokens(self, inputs: dict) -> list[torch.Tensor]:
-        pixels = inputs["pixel_values"].to(self.model.dtype)
-        out = self.model.model.get_image_features(pixel_values=pixels, image_grid_thw=inputs["image_grid_thw"],
-                                                  return_dict=True)
-        per_image = [torch.cat([main, *levels], dim=-1)
-                     for main, *levels in zip(out.pooler_output, *out.deepstack_features)]
-        flat = torch.cat(per_image)
-        counts = self.image_token_mask(inputs["input_ids"]).sum(1).tolist()
-        if sum(counts) != flat.shape[0]:
-            raise ValueError(f"{flat.shape[0]} visual tokens for {sum(counts)} image-token positions")
-        return list(flat.split(counts))
+    def image_features_pooled(self, inputs: dict) -> list[torch.Tensor]:
+        out = self._image_outputs(inputs)
+        return [torch.cat([main, *levels], dim=-1) for main, *levels in zip(out.pooler_output, *out.deepstack_features)]
 
     def visual_inputs(self, features: list[torch.Tensor]) -> dict:
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
@@ -203,22 +193,6 @@ class Qwen3VLAdapter(QwenVLAdapter):
                                                    deepstack_features=[[p[1 + k] for p in parts]
                                                                        for k in range(levels)])
         return {"mm_encoder_outputs": {"image": out}}
-
-    def vision_hidden_states(self, inputs: dict) -> tuple[list[list[torch.Tensor]], list[tuple[int, int]]]:
-        tower = self.model.model.visual
-        grid_thw = inputs["image_grid_thw"]
-        recorded: list[torch.Tensor] = []
-        hooks = [tower.patch_embed.register_forward_hook(lambda m, a, out: recorded.append(out))]
-        hooks += [block.register_forward_hook(lambda m, a, out: recorded.append(out)) for block in tower.blocks]
-        try:
-            tower(inputs["pixel_values"].to(self.model.dtype), grid_thw=grid_thw)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        grids = [(int(h), int(w)) for _, h, w in grid_thw.tolist()]
-        layers = [[_merge_groups_to_rows(s, h, w, self.merge) for s, (h, w) in
-                   zip(states.split([h * w for h, w in grids]), grids)] for states in recorded]
-        return layers, grids
 
 
 def _load(model_class, adapter_class, path, dtype: torch.dtype, device) -> QwenVLAdapter:
