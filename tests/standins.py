@@ -156,15 +156,17 @@ def _restore_generation_config(name: str, out: Path) -> None:
 def qwen2_5_vl_standin(out: Path, layers: int = 2, seed: int = 0) -> Path:
     """Qwen/Qwen2.5-VL-7B-Instruct's own files (tokenizer, chat template, image processor: 14 px patches,
     2 x 2 merge, min/max pixels), its config shrunk: 28 query / 4 key-value heads kept (GQA 7:1), head_dim
-    16 with the M-RoPE sections scaled (16, 24, 24 of 64 -> 2, 3, 3 of 8); a 4-block vision tower with
+    8 with three M-RoPE sections (16, 24, 24 of 64 -> 2, 1, 1 of 4: every axis keeps a frequency; a narrower
+    LM than 28 x 16 because a random model decodes to the length cap, and its 152k-way head is most of a
+    claims run's time); a 4-block vision tower with
     window attention (112 px windows) in blocks 0 and 2, full attention in 1 and 3. Random weights."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     out = Path(out)
     config = _copy_real_files("qwen2.5-vl-7b-instruct", out)
-    head_dim = 16
+    head_dim = 8
     config.update({"hidden_size": 28 * head_dim, "intermediate_size": 56 * head_dim, "num_hidden_layers": layers,
-                   "max_window_layers": layers, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}})
+                   "max_window_layers": layers, "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]}})
     config["vision_config"].update({"depth": 4, "hidden_size": 16 * 8, "intermediate_size": 32 * 8,
                                     "out_hidden_size": 28 * head_dim, "fullatt_block_indexes": [1, 3]})
     torch.manual_seed(seed)

@@ -147,9 +147,9 @@ def rounded_report(report: dict) -> str:
 
 def test_parallel_report_holds_every_claim_once_and_matches_serial(tmp_path, snapshot):
     """`-n 2` and `-n 0` give one entry per claim each, with identical measurements (same seed)."""
-    serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "32",
+    serial, serial_dir = run_claims("claims", "-m", "tiny_llava", "-n", "0", "--max-samples", "16",
                                     tmp_path=tmp_path / "serial")
-    parallel, parallel_dir = run_claims("claims", "-m", "tiny_llava", "-n", "2", "--max-samples", "32",
+    parallel, parallel_dir = run_claims("claims", "-m", "tiny_llava", "-n", "2", "--max-samples", "16",
                                         tmp_path=tmp_path / "parallel")
     assert serial.returncode in (0, 1), serial.stdout[-3000:] + serial.stderr[-3000:]
     assert parallel.returncode == serial.returncode, parallel.stdout[-3000:]
