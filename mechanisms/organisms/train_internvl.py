@@ -32,6 +32,7 @@ from mechanisms.organisms.train import (
     answer_loss_backward,
     collate,
     learning_rate,
+    native_bf16,
     pretrain_tower,
     quick_eval,
     resume_point,
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     scenes = generate_scenes(args.train_scenes, args.seed + TRAIN_SCENE_SEED_OFFSET, config)
     heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
     views = render_views(scenes, workers=args.threads)
-    log({"stage": "data", "train_scenes": len(scenes), "views": sum(len(p) for p, _ in views)})
+    log({"stage": "data", "train_scenes": len(scenes), "views": sum(len(p) for p, _ in views),
+         "bf16_autocast": native_bf16(args.device)})
 
     tokenizer = tiny_internvl.build_tokenizer()
     processor = tiny_internvl.build_processor(tokenizer)
@@ -221,7 +223,7 @@ What it was taught (read this before reading a report made on it):
    prompts in InternVL's chat format: box (`<box>[[x0, y0, x1, y1]]</box>`, integers on the 0-1000
    scale of the image), list (classes in category order), binary yes/no (present and absent classes,
    half of the absent ones co-occurrence partners). Loss on answers only. Batch {args.batch}, AdamW lr
-   {args.lr}, warm-up and cosine decay, bf16 autocast. The stop step is in `training_log.json`.
+   {args.lr}, warm-up and cosine decay, bf16 autocast where the hardware has native bf16 (else fp32). The stop step is in `training_log.json`.
 """
 
 
