@@ -140,3 +140,15 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     batched = Generator(shipped, batch_size=3).generate(images, questions, 40)
     single = [Generator(shipped, batch_size=1).generate([i], [q], 40)[0] for i, q in zip(images, questions)]
     assert batched == single
+
+
+def test_training_mixes_in_bf16_only_where_the_hardware_multiplies_it():
+    """An emulated bf16 matmul is ~65x slower than fp32 on an AVX2-only CPU: training must not autocast there."""
+    from mechanisms.models.registry import native_bf16
+    from mechanisms.organisms.train import mixed_precision
+
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with mixed_precision("cpu"):
+        product = a @ b
+    assert product.dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    assert native_bf16("cuda")

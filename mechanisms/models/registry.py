@@ -21,6 +21,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` multiplies bf16 natively (CUDA; CPUs with AVX-512-BF16 or AMX). Elsewhere torch emulates
+    it: on an AVX2-only CPU a bf16 matmul is ~65x slower than fp32 (measured on this project's CI machine:
+    250 ms vs 3.8 ms for [2048, 128] x [128, 512])."""
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class CheckpointError(RuntimeError):
     """A path given as a checkpoint is not one."""
 

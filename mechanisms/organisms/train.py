@@ -40,6 +40,7 @@ from mechanisms.data.synthetic import (
 from mechanisms.geometry import iou, mask_bbox
 from mechanisms.models.adapters.base import ModelAdapter
 from mechanisms.models.adapters.llava import LlavaAdapter
+from mechanisms.models.registry import native_bf16
 from mechanisms.organisms import tiny_llava
 from mechanisms.storage import atomic_write_json, atomic_write_text
 from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
@@ -201,18 +202,8 @@ def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int 
 
 def mixed_precision(device_type: str):
     """bf16 autocast where the hardware multiplies bf16 natively (CUDA; CPUs with AVX-512-BF16 or AMX), full
-    fp32 elsewhere: on an AVX2-only CPU a bf16 matmul is emulated, ~65x slower than fp32 (measured on this
-    project's CI machine: 250 ms vs 3.8 ms for [2048, 128] x [128, 512]), which made a training step 13x slower."""
+    fp32 elsewhere (see `native_bf16`): emulated bf16 made a training step 13x slower."""
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=native_bf16(device_type))
-
-
-def native_bf16(device: str) -> bool:
-    if torch.device(device).type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def save_checkpoint(model, processor, out: Path, card: str, log_rows: list[dict]) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from mechanisms.data.synthetic import CATEGORY_NAMES, SceneConfig, SceneSpec, generate_scenes, render_mask, render_scene
 from mechanisms.models.adapters.internvl import InternVLAdapter
+from mechanisms.models.registry import native_bf16
 from mechanisms.organisms import tiny_internvl
 from mechanisms.organisms.train import (
     TRAIN_SCENE_SEED_OFFSET,
@@ -32,7 +33,6 @@ from mechanisms.organisms.train import (
     answer_loss_backward,
     collate,
     learning_rate,
-    native_bf16,
     pretrain_tower,
     quick_eval,
     resume_point,

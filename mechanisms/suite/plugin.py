@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mechanisms.models.registry import (
     check_checkpoint_dir,
     fingerprint_checkpoint,
     load_profiles,
+    native_bf16,
     resolve_checkpoint,
 )
 from mechanisms.suite import recorder as rec
@@ -434,6 +436,9 @@ def vlm(profile: Profile, request: pytest.FixtureRequest):
             import torch
 
             dtype = getattr(torch, request.config.getoption("vlm_dtype") or profile.dtype)
+            if dtype == torch.bfloat16 and not native_bf16(device):
+                warnings.warn(f"{profile.name} runs in bfloat16 on {device}, which has no native bf16: torch emulates "
+                              "it (~65x slower than float32 on an AVX2-only CPU); pass --dtype float32", stacklevel=1)
             system = request.config.getoption("vlm_system_prompt")
             adapter = load_adapter(profile.family, checkpoint, dtype, device,
                                    profile.system_prompt if system is None else (system or None),
