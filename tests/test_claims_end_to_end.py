@@ -24,7 +24,8 @@ CLAIM_FILES = sorted(p.name for p in (REPO / "claims").glob("test_*.py"))
 def run_claims(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
     report_dir = tmp_path / "reports"
     cmd = claims_command(report_dir, tmp_path / "results", *args)
-    proc = subprocess.run(cmd, cwd=REPO, env=claims_env(tmp_path), capture_output=True, text=True, timeout=2400)  # a hang guard, not a speed test: the stand-in runs take 6-15 min on 2 cores
+    # a hang guard, not a speed test: the stand-in runs take 6-15 min on 2 cores
+    proc = subprocess.run(cmd, cwd=REPO, env=claims_env(tmp_path), capture_output=True, text=True, timeout=2400)
     return proc, report_dir
 
 

@@ -8,6 +8,7 @@ cache. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tomllib
@@ -21,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
+@functools.cache
 def native_bf16(device: str) -> bool:
     """Whether `device` multiplies bf16 natively (CUDA; CPUs with AVX-512-BF16 or AMX). Elsewhere torch emulates
     it: on an AVX2-only CPU a bf16 matmul is ~65x slower than fp32 (measured on this project's CI machine:
