@@ -14,11 +14,13 @@ of the change in the target from baseline to input).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mechanisms.data.dataset import Dataset, ObjectSample
+from mechanisms.storage import storable
 from mechanisms.tasks.specs import TaskSpec
 
 
@@ -43,41 +45,86 @@ def answer_logprob(adapter, inputs: dict, answer: slice, features: torch.Tensor,
     return (logp.gather(-1, targets).squeeze(-1) * weights.to(logp.device)).sum(-1)
 
 
+@storable
+@dataclass
+class TokenAttribution:
+    """One sample's IG: signed attribution per image token (summed over the hidden dimension), and the
+    attributed function at the input and at the baseline (completeness: the attributions sum to their
+    difference, up to the integration error)."""
+
+    per_token: np.ndarray
+    at_input: float
+    at_baseline: float
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """|attribution| per token: the score the top-k ablations rank by."""
+        return np.abs(self.per_token)
+
+    @property
+    def completeness_error(self) -> float:
+        """|sum of attributions - (f(input) - f(baseline))| / |f(input) - f(baseline)|: the quadrature's error."""
+        change = self.at_input - self.at_baseline
+        return abs(float(self.per_token.sum()) - change) / max(abs(change), 1e-12)
+
+
+def attributions(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec, n_steps: int = 32,
+                 steps_per_pass: int | None = None) -> dict[int, TokenAttribution]:
+    """Each sample's `TokenAttribution` (signed, with the target at both ends), memoized on the VLM."""
+    target = f"{spec.name}:class-in-list" if spec.per_image else spec.name  # keys what is attributed
+    return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, target, n_steps,
+                                       vlm.reference_images, s.annotation_id),
+                                      lambda s=s: token_attributions(vlm, dataset, s, spec, n_steps, steps_per_pass))
+            for s in samples}
+
+
 def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec,
                          n_steps: int = 32, steps_per_pass: int | None = None) -> dict[int, np.ndarray]:
-    """Per-sample token scores (|IG attribution|, one per image token), memoized on the VLM.
+    """Per-sample token scores: |IG attribution|, one per image token (what the top-k ablations rank)."""
+    return {i: a.magnitude for i, a in attributions(vlm, dataset, samples, spec, n_steps,
+                                                            steps_per_pass).items()}
 
-    Memory is bounded: the interpolation steps run in chunks of the profile's batch size (captum's
+
+def completeness_summary(found: dict[int, TokenAttribution]) -> dict:
+    """How exactly the quadrature integrated, over samples: the relative completeness error's median, 90th
+    percentile and maximum (`benchmarks/ig_steps.py` measures what a step count buys)."""
+    errors = np.asarray([a.completeness_error for a in found.values()])
+    if errors.size == 0:
+        return {"samples": 0}
+    return {"samples": int(errors.size), "median": round(float(np.median(errors)), 4),
+            "p90": round(float(np.quantile(errors, 0.9)), 4), "max": round(float(errors.max()), 4)}
+
+
+def token_attributions(vlm, dataset: Dataset, sample: ObjectSample, spec: TaskSpec, n_steps: int = 32,
+                       steps_per_pass: int | None = None) -> TokenAttribution:
+    """IG of the spec's correct-answer log-probability over the sample's image tokens (module docstring).
+
+    Memory is bounded: the interpolation steps run in chunks of the device's budget (captum's
     `internal_batch_size`), with no gradients for the parameters (only for the visual tokens), the model
     in eval mode, and logits only at the answer's positions."""
     from captum.attr import IntegratedGradients
 
     adapter = vlm.adapter
     device = next(adapter.model.parameters()).device
+    mean = vlm.mean_visual_embedding()
+    image, question = dataset.image(sample), spec.question(sample, dataset.categories)
+    inputs, span, scored = _teacher_forced(adapter, dataset, sample, spec, image, question)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    with torch.no_grad():
+        features = adapter.visual_tokens(inputs)[0]
+    weights = scored.float()
+    baseline = mean.to(features.dtype)[None, None].expand_as(features[None])
 
-    def compute(sample: ObjectSample) -> np.ndarray:
-        mean = vlm.mean_visual_embedding()
-        image, question = dataset.image(sample), spec.question(sample, dataset.categories)
-        inputs, span, scored = _teacher_forced(adapter, dataset, sample, spec, image, question)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+    def target(feats: torch.Tensor) -> torch.Tensor:
+        return answer_logprob(adapter, inputs, span, feats, weights)
+
+    with _no_parameter_gradients(adapter.model):
+        found = IntegratedGradients(target).attribute(
+            features[None], baselines=baseline, n_steps=n_steps,
+            internal_batch_size=steps_per_pass or steps_that_fit(adapter, inputs["input_ids"].shape[1], n_steps))
         with torch.no_grad():
-            features = adapter.visual_tokens(inputs)[0]
-        weights = scored.float()
-
-        def target(feats: torch.Tensor) -> torch.Tensor:
-            return answer_logprob(adapter, inputs, span, feats, weights)
-
-        with _no_parameter_gradients(adapter.model):
-            attributions = IntegratedGradients(target).attribute(
-                features[None], baselines=mean.to(features.dtype)[None, None].expand_as(features[None]),
-                n_steps=n_steps, internal_batch_size=steps_per_pass or steps_that_fit(adapter, inputs["input_ids"].shape[1],
-                                                                                      n_steps))
-        return attributions[0].float().sum(-1).abs().detach().cpu().numpy()
-
-    target = f"{spec.name}:class-in-list" if spec.per_image else spec.name  # keys what is attributed
-    return {s.annotation_id: vlm.memo(("integrated-gradients", dataset.fingerprint, target, n_steps,
-                                       vlm.reference_images, s.annotation_id), lambda s=s: compute(s))
-            for s in samples}
+            ends = target(torch.cat([features[None], baseline]))
+    return TokenAttribution(found[0].float().sum(-1).detach().cpu().numpy(), float(ends[0]), float(ends[1]))
 
 
 def ig_step_bytes(hidden: int, intermediate: int, layers: int, tokens: int, item: int) -> int:
