@@ -3,6 +3,7 @@ the model, for each family (tiny-llava, tiny-internvl)."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from types import ModuleType
@@ -152,3 +153,19 @@ def test_training_mixes_in_bf16_only_where_the_hardware_multiplies_it():
         product = a @ b
     assert product.dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
     assert native_bf16("cuda")
+
+
+def test_a_resumed_phase_follows_the_schedule_and_a_longer_one_restarts_warm():
+    """Resuming re-warms for 50 steps, then rejoins the same cosine curve; resuming the finished schedule
+    with a larger total jumps onto the longer curve (a warm restart) and decays to 10 % of peak at its end."""
+    from mechanisms.organisms.train import learning_rate
+
+    peak = 1e-3
+    assert learning_rate(5000, 10000, peak, 200, 0) == pytest.approx(peak * 0.55)
+    assert learning_rate(5100, 10000, peak, 200, 5000) == learning_rate(5100, 10000, peak, 200, 0)
+    assert learning_rate(5000, 10000, peak, 200, 5000) < learning_rate(5000, 10000, peak, 200, 0)
+    assert learning_rate(9999, 10000, peak, 200, 0) == pytest.approx(peak * 0.1, rel=1e-3)
+    restarted = learning_rate(10060, 20000, peak, 200, 10000)
+    assert restarted == pytest.approx(peak * (0.1 + 0.45 * (1 + math.cos(math.pi * 10060 / 20000))))
+    assert restarted > 5 * learning_rate(9999, 10000, peak, 200, 0)
+    assert learning_rate(19999, 20000, peak, 200, 10000) == pytest.approx(peak * 0.1, rel=1e-3)

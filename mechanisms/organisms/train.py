@@ -255,7 +255,8 @@ def resume_point(log_rows: list[dict]) -> tuple[int, int]:
 
 def learning_rate(step: int, total: int, peak: float, warmup: int, start: int) -> float:
     """Warm-up, then cosine decay to 10 % over the whole run; a resumed phase warms up again briefly (its
-    optimiser moments start empty) and then follows the same curve."""
+    optimiser moments start empty) and then follows the same curve. A phase resumed with a larger `total`
+    extends the schedule: a warm restart onto the longer curve (its data row records `schedule_steps`)."""
     ramp = min(1.0, (step + 1) / warmup) if start == 0 else min(1.0, (step - start + 1) / 50)
     return peak * ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=16000)
     parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=12000, help="length of the whole schedule, over all phases")
+    parser.add_argument("--steps", type=int, default=12000, help="length of the whole schedule, over all phases (a resumed phase "
+                             "may extend it: see learning_rate)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
@@ -304,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     scenes = generate_scenes(args.train_scenes, args.seed + TRAIN_SCENE_SEED_OFFSET, config)
     heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
     pixels = render_pixels(scenes, workers=args.threads, recipe=args.recipe)
-    log({"stage": "data", "train_scenes": len(scenes), "bf16_autocast": native_bf16(args.device)})
+    log({"stage": "data", "train_scenes": len(scenes), "bf16_autocast": native_bf16(args.device),
+         "schedule_steps": args.steps})  # a later phase may extend the schedule (warm restart): the log says when
 
     tokenizer = tiny_llava.build_tokenizer()
     processor = tiny_llava.build_processor(tokenizer, args.recipe)

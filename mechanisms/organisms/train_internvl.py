@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
     views = render_views(scenes, workers=args.threads)
     log({"stage": "data", "train_scenes": len(scenes), "views": sum(len(p) for p, _ in views),
-         "bf16_autocast": native_bf16(args.device)})
+         "bf16_autocast": native_bf16(args.device), "schedule_steps": args.steps})
 
     tokenizer = tiny_internvl.build_tokenizer()
     processor = tiny_internvl.build_processor(tokenizer)
