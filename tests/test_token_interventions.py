@@ -700,10 +700,12 @@ def test_integrated_gradients_is_complete_and_survives_the_result_cache(tmp_path
         return VLM(load_profiles()["tiny_llava"], load_llava(SHIPPED, torch.float32, "cpu"), SHIPPED, "test",
                    results=ResultCache(tmp_path, "ig-test"))
 
-    found = attributions(fresh_vlm(), dataset, samples, BOX, 32)
+    vlm = fresh_vlm()
+    found = attributions(vlm, dataset, samples, BOX, 32)
     for sample in samples:
         a = found[sample.annotation_id]
-        assert a.per_token.shape == (144,) and abs(a.at_input - a.at_baseline) > 1e-3
+        assert a.per_token.shape == (vlm.adapter.n_image_tokens(sample.width, sample.height),)
+        assert abs(a.at_input - a.at_baseline) > 1e-3
         assert a.completeness_error < 0.05, a
     assert completeness_summary(found)["samples"] == 2 and completeness_summary({}) == {"samples": 0}
     again = fresh_vlm()
