@@ -28,13 +28,13 @@ from mechanisms.tasks.specs import BOX, LIST
 
 
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """|top-k(a) ∩ top-k(b)| / k by magnitude."""
+    """|top-k(a) ∩ top-k(b)| / k of two score vectors."""
     k = min(k, a.size)
-    return len(set(np.argsort(-np.abs(a))[:k]) & set(np.argsort(-np.abs(b))[:k])) / k
+    return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(np.abs(a))), np.argsort(np.argsort(np.abs(b)))
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -71,9 +71,9 @@ def main() -> None:
         reference = runs[steps[-1]]
         for n in steps:
             errors = [r.completeness_error for r in runs[n]]
-            o16 = [top_overlap(r.per_token, ref.per_token, 16) for r, ref in zip(runs[n], reference)]
-            o48 = [top_overlap(r.per_token, ref.per_token, 48) for r, ref in zip(runs[n], reference)]
-            rho = [spearman(r.per_token, ref.per_token) for r, ref in zip(runs[n], reference)]
+            o16 = [top_overlap(r.magnitude, ref.magnitude, 16) for r, ref in zip(runs[n], reference)]
+            o48 = [top_overlap(r.magnitude, ref.magnitude, 48) for r, ref in zip(runs[n], reference)]
+            rho = [spearman(r.magnitude, ref.magnitude) for r, ref in zip(runs[n], reference)]
             print(f"  {spec.task[:5]:5} {n:5d} {seconds[n] / len(samples):9.2f} "
                   f"{np.median(errors):6.4f}/{max(errors):6.4f} {np.mean(o16):6.3f}/{min(o16):6.3f} "
                   f"{np.mean(o48):6.3f}/{min(o48):6.3f} {np.mean(rho):9.4f}")

@@ -81,8 +81,8 @@ def attributions(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskS
 def integrated_gradients(vlm, dataset: Dataset, samples: list[ObjectSample], spec: TaskSpec,
                          n_steps: int = 32, steps_per_pass: int | None = None) -> dict[int, np.ndarray]:
     """Per-sample token scores: |IG attribution|, one per image token (what the top-k ablations rank)."""
-    return {i: a.magnitude for i, a in attributions(vlm, dataset, samples, spec, n_steps,
-                                                            steps_per_pass).items()}
+    found = attributions(vlm, dataset, samples, spec, n_steps, steps_per_pass)
+    return {i: a.magnitude for i, a in found.items()}
 
 
 def completeness_summary(found: dict[int, TokenAttribution]) -> dict:
