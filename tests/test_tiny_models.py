@@ -169,3 +169,26 @@ def test_a_resumed_phase_follows_the_schedule_and_a_longer_one_restarts_warm():
     assert restarted == pytest.approx(peak * (0.1 + 0.45 * (1 + math.cos(math.pi * 10060 / 20000))))
     assert restarted > 5 * learning_rate(9999, 10000, peak, 200, 0)
     assert learning_rate(19999, 20000, peak, 200, 10000) == pytest.approx(peak * 0.1, rel=1e-3)
+
+
+def test_the_learning_curves_score_is_the_papers_on_its_own_rows(tiny):
+    """`quick_eval` (the learning curve) averages success at IoU 0.5 / 0.7 / 0.9 over exactly the rows
+    `heldout_boxes` returns (what `scripts/where_boxes_miss.py` breaks down), each row's IoU that of its parsed
+    answer; it stops at the end of the scene that reaches `max_objects`."""
+    from mechanisms.geometry import iou
+    from mechanisms.organisms.train import heldout_boxes, quick_eval
+
+    if not (tiny.shipped / "config.json").is_file():
+        pytest.skip(f"shipped {tiny.folder} not present")
+    shipped = load_adapter(tiny.family, tiny.shipped, torch.float32, "cpu")
+    scenes = generate_scenes(4, seed=23)
+    rows = heldout_boxes(shipped, scenes, max_objects=3)
+    first = next(k for k in range(len(scenes)) if sum(len(s.objects) for s in scenes[:k + 1]) >= 3)
+    assert len(rows) == sum(len(s.objects) for s in scenes[:first + 1])
+    for row in rows:
+        parsed = shipped.parse_box(row["answer"], row["width"], row["height"])
+        assert row["iou"] == (iou(parsed, row["truth"]) if parsed else 0.0)
+    ious = np.asarray([row["iou"] for row in rows])
+    scored = quick_eval(shipped, scenes, max_objects=3)
+    assert scored["n"] == len(rows)
+    assert scored["loc"] == pytest.approx(np.mean([(ious >= t).mean() for t in (0.5, 0.7, 0.9)]))

@@ -175,8 +175,9 @@ def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tens
 
 
 @torch.no_grad()
-def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
-    """Greedy box answers on held-out scenes: the paper's localization score, for the learning curve."""
+def heldout_boxes(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> list[dict]:
+    """Greedy box answers on held-out scenes, one row per object (scenes in order, stopping once
+    `max_objects` is reached at a scene's end): the answer, the parsed box or None, the ground truth, IoU."""
     from mechanisms.tasks.generation import Generator
     from mechanisms.tasks.specs import BOX
 
@@ -191,11 +192,17 @@ def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int 
         if len(questions) >= max_objects:
             break
     answers = generator.generate(images, questions, max_new_tokens=BOX.max_new_tokens)
-    ious = []
+    rows = []
     for text, (truth, w, h) in zip(answers, truths):
         box = adapter.parse_box(text, w, h)
-        ious.append(iou(box, truth) if box else 0.0)
-    ious = np.asarray(ious)
+        rows.append({"answer": text, "box": box, "truth": truth, "width": w, "height": h,
+                     "iou": iou(box, truth) if box else 0.0})
+    return rows
+
+
+def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
+    """The paper's localization score on held-out scenes' greedy box answers, for the learning curve."""
+    ious = np.asarray([row["iou"] for row in heldout_boxes(adapter, scenes, max_objects)])
     return {"loc": float(np.mean([(ious >= t).mean() for t in (0.5, 0.7, 0.9)])),
             "acc50": float((ious >= 0.5).mean()), "mean_iou": float(ious.mean()), "n": len(ious)}
 
