@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechanisms.data.synthetic import SceneConfig, generate_scenes
 from mechanisms.models.adapters import load_adapter
-from mechanisms.organisms.train import TRAIN_SCENE_SEED_OFFSET, heldout_boxes
+from mechanisms.organisms.train import heldout_boxes, heldout_scenes
 
 
 def main() -> None:
@@ -41,25 +40,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     adapter = load_adapter(args.family, args.checkpoint, torch.float32, "cpu")
-    scenes = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, SceneConfig())
-    rows = heldout_boxes(adapter, scenes)
-    ious = np.asarray([row["iou"] for row in rows])
-    print(f"{args.checkpoint}: {len(rows)} held-out objects; localization "
-          f"{np.mean([(ious >= t).mean() for t in (0.5, 0.7, 0.9)]):.3f}, success@0.5 {(ious >= 0.5).mean():.2f}, "
-          f"mean IoU {ious.mean():.3f}, unparsed {sum(row['box'] is None for row in rows)}")
+    result, truths, sizes = heldout_boxes(adapter, heldout_scenes(args.seed))
+    ious = result.ious
+    print(f"{args.checkpoint}: {len(ious)} held-out objects; localization {result.score:.3f}, "
+          f"success@0.5 {result.success(0.5).mean():.2f}, mean IoU {ious.mean():.3f}, unparsed {(~result.parsed).sum()}")
 
     print("\nby object size (sqrt(box area) / longer image side), quartiles:")
     print(f"  {'size':>11} {'n':>3} {'mean IoU':>8} {'>=0.5':>6} {'>=0.7':>6} {'>=0.9':>6} {'IoU=0':>6}")
-    sizes = np.asarray([np.sqrt(row["truth"].area) / max(row["width"], row["height"]) for row in rows])
-    for part in np.array_split(np.argsort(sizes), 4):
+    sides = np.asarray([max(w, h) for w, h in sizes])
+    object_sizes = np.asarray([np.sqrt(truth.area) for truth in truths]) / sides
+    for part in np.array_split(np.argsort(object_sizes), 4):
         q = ious[part]
-        print(f"  {sizes[part].min():.2f}-{sizes[part].max():.2f} {len(part):3d} {q.mean():8.2f} "
+        print(f"  {object_sizes[part].min():.2f}-{object_sizes[part].max():.2f} {len(part):3d} {q.mean():8.2f} "
               f"{(q >= 0.5).mean():6.2f} {(q >= 0.7).mean():6.2f} {(q >= 0.9).mean():6.2f} {(q == 0).mean():6.2f}")
 
-    found = [row for row in rows if row["box"] is not None and row["iou"] > 0.3]
-    errors = np.asarray([[100 * (b - t) / max(row["width"], row["height"])
-                          for b, t in zip(row["box"].as_list(), row["truth"].as_list())] for row in found])
-    if len(found):
+    boxes = [adapter.parse_box(text, w, h) for text, (w, h) in zip(result.answers, sizes)]
+    found = [i for i, box in enumerate(boxes) if box is not None and ious[i] > 0.3]
+    errors = np.asarray([[100 * (b - t) / sides[i] for b, t in zip(boxes[i].as_list(), truths[i].as_list())]
+                         for i in found])
+    if found:
         print(f"\nby edge, over the {len(found)} objects found (IoU > 0.3), % of the longer image side:")
         print(f"  {'edge':>4} {'signed mean':>11} {'|err| median':>12} {'|err| p90':>9}")
         for k, edge in enumerate(("x0", "y0", "x1", "y1")):
@@ -71,9 +70,10 @@ def main() -> None:
             print(f"  {axis}: whole-box shift |median| {np.median(np.abs(shift)):.2f}, "
                   f"size error |median| {np.median(np.abs(resize)):.2f}")
     if args.json:
-        args.json.write_text(json.dumps([{**row, "box": row["box"].as_list() if row["box"] else None,
-                                          "truth": row["truth"].as_list()} for row in rows], indent=1))
-
+        args.json.write_text(json.dumps([
+            {"answer": text, "box": box.as_list() if box else None, "truth": truth.as_list(), "width": w, "height": h,
+             "iou": float(value)}
+            for text, box, truth, (w, h), value in zip(result.answers, boxes, truths, sizes, ious)], indent=1))
 
 if __name__ == "__main__":
     main()

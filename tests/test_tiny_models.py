@@ -172,8 +172,8 @@ def test_a_resumed_phase_follows_the_schedule_and_a_longer_one_restarts_warm():
 
 
 def test_the_learning_curves_score_is_the_papers_on_its_own_rows(tiny):
-    """`quick_eval` (the learning curve) averages success at IoU 0.5 / 0.7 / 0.9 over exactly the rows
-    `heldout_boxes` returns (what `scripts/where_boxes_miss.py` breaks down), each row's IoU that of its parsed
+    """`quick_eval` (the learning curve) averages success at IoU 0.5 / 0.7 / 0.9 over exactly the objects
+    `heldout_boxes` answers (what `scripts/where_boxes_miss.py` breaks down), each IoU that of its parsed
     answer; it stops at the end of the scene that reaches `max_objects`."""
     from mechanisms.geometry import iou
     from mechanisms.organisms.train import heldout_boxes, quick_eval
@@ -182,13 +182,12 @@ def test_the_learning_curves_score_is_the_papers_on_its_own_rows(tiny):
         pytest.skip(f"shipped {tiny.folder} not present")
     shipped = load_adapter(tiny.family, tiny.shipped, torch.float32, "cpu")
     scenes = generate_scenes(4, seed=23)
-    rows = heldout_boxes(shipped, scenes, max_objects=3)
+    result, truths, sizes = heldout_boxes(shipped, scenes, max_objects=3)
     first = next(k for k in range(len(scenes)) if sum(len(s.objects) for s in scenes[:k + 1]) >= 3)
-    assert len(rows) == sum(len(s.objects) for s in scenes[:first + 1])
-    for row in rows:
-        parsed = shipped.parse_box(row["answer"], row["width"], row["height"])
-        assert row["iou"] == (iou(parsed, row["truth"]) if parsed else 0.0)
-    ious = np.asarray([row["iou"] for row in rows])
+    assert len(result.ious) == len(truths) == sum(len(s.objects) for s in scenes[:first + 1])
+    for text, truth, (w, h), value in zip(result.answers, truths, sizes, result.ious):
+        parsed = shipped.parse_box(text, w, h)
+        assert value == (iou(parsed, truth) if parsed else 0.0)
     scored = quick_eval(shipped, scenes, max_objects=3)
-    assert scored["n"] == len(rows)
-    assert scored["loc"] == pytest.approx(np.mean([(ious >= t).mean() for t in (0.5, 0.7, 0.9)]))
+    assert scored["n"] == len(result.ious)
+    assert scored["loc"] == pytest.approx(np.mean([(result.ious >= t).mean() for t in (0.5, 0.7, 0.9)]))

@@ -37,13 +37,14 @@ from mechanisms.data.synthetic import (
     render_mask,
     render_scene,
 )
-from mechanisms.geometry import iou, mask_bbox
+from mechanisms.geometry import Box, mask_bbox
 from mechanisms.models.adapters.base import ModelAdapter
 from mechanisms.models.adapters.llava import LlavaAdapter
 from mechanisms.models.registry import native_bf16
 from mechanisms.organisms import tiny_llava
 from mechanisms.storage import atomic_write_json, atomic_write_text
 from mechanisms.tasks.prompts import binary_prompt, box_prompt, list_prompt
+from mechanisms.tasks.scoring import LocalizationResult, score_boxes
 
 TRAIN_SCENE_SEED_OFFSET = 1_000_003  # training scenes never share a seed with evaluation sets
 
@@ -174,37 +175,39 @@ def pretrain_tower(tower, position_table: torch.nn.Parameter, pixels: torch.Tens
     tower.requires_grad_(False)
 
 
+def heldout_scenes(seed: int, n: int = 64) -> list[SceneSpec]:
+    """The learning curve's evaluation scenes: a seed no training scene uses (`TRAIN_SCENE_SEED_OFFSET`)."""
+    return generate_scenes(n, seed + 2 * TRAIN_SCENE_SEED_OFFSET, SceneConfig())
+
+
 @torch.no_grad()
-def heldout_boxes(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> list[dict]:
-    """Greedy box answers on held-out scenes, one row per object (scenes in order, stopping once
-    `max_objects` is reached at a scene's end): the answer, the parsed box or None, the ground truth, IoU."""
+def heldout_boxes(adapter: ModelAdapter, scenes: list[SceneSpec],
+                  max_objects: int = 96) -> tuple[LocalizationResult, list[Box], list[tuple[int, int]]]:
+    """Greedy box answers on held-out scenes (scenes in order, stopping once `max_objects` is reached at a
+    scene's end), scored by the claims' own rule (`score_boxes`), with each object's truth and image size."""
     from mechanisms.tasks.generation import Generator
     from mechanisms.tasks.specs import BOX
 
     generator = Generator(adapter, batch_size=32)
-    images, questions, truths = [], [], []
+    images, questions, truths, sizes = [], [], [], []
     for scene in scenes:
         image = render_scene(scene)
         for obj in scene.objects:
             images.append(image)
             questions.append(box_prompt(obj.name))
-            truths.append((mask_bbox(render_mask(obj, scene.width, scene.height)), scene.width, scene.height))
+            truths.append(mask_bbox(render_mask(obj, scene.width, scene.height)))
+            sizes.append((scene.width, scene.height))
         if len(questions) >= max_objects:
             break
     answers = generator.generate(images, questions, max_new_tokens=BOX.max_new_tokens)
-    rows = []
-    for text, (truth, w, h) in zip(answers, truths):
-        box = adapter.parse_box(text, w, h)
-        rows.append({"answer": text, "box": box, "truth": truth, "width": w, "height": h,
-                     "iou": iou(box, truth) if box else 0.0})
-    return rows
+    return score_boxes(adapter, answers, truths, sizes), truths, sizes
 
 
 def quick_eval(adapter: ModelAdapter, scenes: list[SceneSpec], max_objects: int = 96) -> dict:
     """The paper's localization score on held-out scenes' greedy box answers, for the learning curve."""
-    ious = np.asarray([row["iou"] for row in heldout_boxes(adapter, scenes, max_objects)])
-    return {"loc": float(np.mean([(ious >= t).mean() for t in (0.5, 0.7, 0.9)])),
-            "acc50": float((ious >= 0.5).mean()), "mean_iou": float(ious.mean()), "n": len(ious)}
+    result, _, _ = heldout_boxes(adapter, scenes, max_objects)
+    return {"loc": result.score, "acc50": float(result.success(0.5).mean()), "mean_iou": float(result.ious.mean()),
+            "n": len(result.ious)}
 
 
 def mixed_precision(device_type: str):
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = SceneConfig()
     scenes = generate_scenes(args.train_scenes, args.seed + TRAIN_SCENE_SEED_OFFSET, config)
-    heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
+    heldout = heldout_scenes(args.seed)
     pixels = render_pixels(scenes, workers=args.threads, recipe=args.recipe)
     log({"stage": "data", "train_scenes": len(scenes), "bf16_autocast": native_bf16(args.device),
          "schedule_steps": args.steps})  # a later phase may extend the schedule (warm restart): the log says when

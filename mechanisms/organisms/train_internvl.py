@@ -31,6 +31,7 @@ from mechanisms.organisms.train import (
     TRAIN_SCENE_SEED_OFFSET,
     ChatBuilder,
     answer_loss_backward,
+    heldout_scenes,
     collate,
     learning_rate,
     pretrain_tower,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = SceneConfig()
     scenes = generate_scenes(args.train_scenes, args.seed + TRAIN_SCENE_SEED_OFFSET, config)
-    heldout = generate_scenes(64, args.seed + 2 * TRAIN_SCENE_SEED_OFFSET, config)
+    heldout = heldout_scenes(args.seed)
     views = render_views(scenes, workers=args.threads)
     log({"stage": "data", "train_scenes": len(scenes), "views": sum(len(p) for p, _ in views),
          "bf16_autocast": native_bf16(args.device), "schedule_steps": args.steps})
